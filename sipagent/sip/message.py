@@ -445,7 +445,7 @@ def _check_mandatory(message: Request | Response) -> None:
         if message.headers.get(name) is None:
             raise RemoteProtocolError(f"missing {name}")
     # Validate the ones every layer relies on now, so later layers never meet a malformed one.
-    message.top_via()
+    message.vias()  # all of them: responses copy every Via back
     cseq = message.cseq()
     message.from_()
     message.to()
@@ -475,6 +475,20 @@ class Keepalive:
     ping: bool
 
 
+@dataclass(frozen=True)
+class MalformedMessage:
+    """A complete, correctly framed message on a stream that failed to parse.
+
+    The stream stays usable: the adapter answers with :func:`error_response_for` and carries on.
+    """
+
+    data: bytes
+    error: RemoteProtocolError
+
+
+StreamItem = Request | Response | Keepalive | MalformedMessage
+
+
 class StreamFramer:
     """Cuts a TCP/TLS byte stream into SIP messages by Content-Length.
 
@@ -487,17 +501,21 @@ class StreamFramer:
         self._buffer = bytearray()
         self._max_size = max_size
 
-    def feed(self, data: bytes) -> list[Request | Response | Keepalive]:
-        """Add received bytes; return whatever complete items they finish."""
+    def feed(self, data: bytes) -> list[StreamItem]:
+        """Add received bytes; return whatever complete items they finish.
+
+        Raises :class:`RemoteProtocolError` only when framing itself is lost (no usable
+        Content-Length, oversize): the connection must then be closed.
+        """
         self._buffer += data
-        out: list[Request | Response | Keepalive] = []
+        out: list[StreamItem] = []
         while True:
             item = self._next()
             if item is None:
                 return out
             out.append(item)
 
-    def _next(self) -> Request | Response | Keepalive | None:
+    def _next(self) -> StreamItem | None:
         buf = self._buffer
         if buf.startswith(b"\r\n\r\n"):
             del buf[:4]
@@ -522,7 +540,10 @@ class StreamFramer:
             return None
         chunk = bytes(buf[:total])
         del buf[:total]
-        return parse_message(chunk, stream=True)
+        try:
+            return parse_message(chunk, stream=True)
+        except RemoteProtocolError as exc:
+            return MalformedMessage(chunk, exc)
 
 
 def _content_length_of(head: bytes) -> int:
@@ -534,3 +555,30 @@ def _content_length_of(head: bytes) -> int:
                 raise RemoteProtocolError("bad Content-Length")
             return int(text)
     raise RemoteProtocolError("missing Content-Length on a stream transport")
+
+
+_ECHOED_ON_ERROR = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def error_response_for(data: bytes, error: RemoteProtocolError) -> Response | None:
+    """Best-effort error response to a request too malformed to parse (§8.2, h11 style).
+
+    Copies whatever Via/From/To/Call-ID/CSeq lines can be read raw so the sender can match the
+    answer. Returns None for responses (never answered) and for requests with no Via line.
+    """
+    text = data.lstrip(b"\r\n")[:MAX_MESSAGE_SIZE].decode("utf-8", "replace")
+    if not text or text.startswith("SIP/"):
+        return None
+    head = text.replace("\r\n", "\n").split("\n\n", 1)[0]
+    headers = Headers()
+    for line in _unfold(head)[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not is_token(name.strip()):
+            continue
+        canonical = canonical_name(name)
+        if canonical in _ECHOED_ON_ERROR:
+            headers.add(canonical, value.strip())
+    if not headers.get("Via"):
+        return None
+    status = error.status_hint if 400 <= error.status_hint <= 699 else 400
+    return Response(status=status, reason=error.reason, headers=headers)

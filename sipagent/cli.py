@@ -1,0 +1,150 @@
+"""The ``sipagent`` command: ``serve`` runs the server, ``call`` places one outbound test call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import ConfigError, Settings, load_settings
+from .sip.errors import RemoteProtocolError
+from .sip.events import CallAnswered
+from .sip.uri import SipUri
+
+
+def _settings(config: Path | None, overrides: dict[str, Any]) -> Settings:
+    try:
+        return load_settings(config, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+_common = [
+    click.option("--config", "config", type=click.Path(path_type=Path), help="TOML configuration file."),
+    click.option("--sip-bind", help="Address to bind SIP listeners to (default 0.0.0.0)."),
+    click.option("--sip-port", type=int, help="SIP port for UDP and TCP (default 5060)."),
+    click.option("--tls-port", type=int, help="SIP port for TLS (default 5061)."),
+    click.option(
+        "--transport",
+        "transports",
+        multiple=True,
+        type=click.Choice(["udp", "tcp", "tls"]),
+        help="Transport to listen on (repeat; default udp and tcp).",
+    ),
+    click.option("--tls-cert", type=click.Path(path_type=Path), help="PEM certificate for the TLS listener."),
+    click.option("--tls-key", type=click.Path(path_type=Path), help="PEM key for the TLS listener."),
+    click.option("--public-address", help="Address advertised in Via, Contact and SDP (NAT)."),
+    click.option("--rtp-port-min", type=int, help="Lowest RTP port (default 10000)."),
+    click.option("--rtp-port-max", type=int, help="Highest RTP port (default 20000)."),
+    click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        help="Logging level (default info).",
+    ),
+]
+
+
+def common_options(func: Any) -> Any:
+    """Options shared by serve and call."""
+    for option in reversed(_common):
+        func = option(func)
+    return func
+
+
+def _overrides(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sip.bind": options.get("sip_bind"),
+        "sip.port": options.get("sip_port"),
+        "sip.tls_port": options.get("tls_port"),
+        "sip.transports": list(options["transports"]) if options.get("transports") else None,
+        "sip.tls_cert": str(options["tls_cert"]) if options.get("tls_cert") else None,
+        "sip.tls_key": str(options["tls_key"]) if options.get("tls_key") else None,
+        "sip.public_address": options.get("public_address"),
+        "rtp.port_min": options.get("rtp_port_min"),
+        "rtp.port_max": options.get("rtp_port_max"),
+        "log_level": options.get("log_level"),
+        "mode": options.get("mode"),
+    }
+
+
+@click.group()
+@click.version_option(package_name="sipagent")
+def main() -> None:
+    """Self-hosted SIP/RTP media server for AI phone agents."""
+
+
+@main.command()
+@common_options
+@click.option("--mode", type=click.Choice(["echo", "agent"]), help="What answered calls get (default echo).")
+def serve(config: Path | None, **options: Any) -> None:
+    """Answer calls until interrupted (SIGINT/SIGTERM hang up every call cleanly)."""
+    settings = _settings(config, _overrides(options))
+    _setup_logging(settings.log_level)
+    if settings.mode == "agent":
+        raise click.ClickException(
+            "mode 'agent' needs the voice pipeline, which this build does not include yet; use --mode echo"
+        )
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    from .server import Server
+
+    server = Server(settings)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen: {exc}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("sipagent").info("shutting down")
+    await server.stop()
+
+
+@main.command()
+@common_options
+@click.argument("target")
+@click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds to stay on the call.")
+@click.option(
+    "--answer-timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for an answer."
+)
+def call(config: Path | None, target: str, duration: float, answer_timeout: float, **options: Any) -> None:
+    """Place one echo call to TARGET (a SIP URI) through the configured trunk; exit 0 if answered."""
+    settings = _settings(config, _overrides(options))
+    _setup_logging(settings.log_level)
+    try:
+        uri = SipUri.parse(target)
+    except RemoteProtocolError as exc:
+        raise click.ClickException(f"TARGET: {exc}") from None
+    answered = asyncio.run(_call(settings, uri, duration, answer_timeout))
+    if not answered:
+        sys.exit(1)
+
+
+async def _call(settings: Settings, target: SipUri, duration: float, answer_timeout: float) -> bool:
+    from .server import Server
+
+    server = Server(settings)
+    await server.start()
+    try:
+        outcome = await server.place_call(target, duration=duration, answer_timeout=answer_timeout)
+    finally:
+        await server.stop()
+    click.echo(f"outcome: {outcome}")
+    return isinstance(outcome, CallAnswered)

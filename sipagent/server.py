@@ -1,0 +1,355 @@
+"""The process: listeners, trunk attachment, inbound policy, the call table and media per call.
+
+This release serves ``echo`` mode — every answered call hears its own audio back (G.711, 20 ms
+packets, symmetric RTP from the advertised port), the classic trunk test. ``agent`` mode plugs
+the voice pipeline into the same call table when it lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import secrets
+import ssl
+from dataclasses import dataclass, field
+
+from .config import Settings
+from .net.rtp_socket import Addr, PortRangeExhausted, RtpSocket, open_rtp_socket
+from .net.sip_transport import SipNetwork
+from .rtp.echo import EchoStream
+from .sip.address import Address, uri_address
+from .sip.context import EndpointConfig
+from .sip.digest import Credentials
+from .sip.endpoint import SipEndpoint
+from .sip.events import (
+    CallAnswered,
+    CallConfirmed,
+    CallEnded,
+    CallFailed,
+    EarlyMedia,
+    Event,
+    IncomingCall,
+    MediaUpdated,
+    RegistrationFailed,
+    RegistrationSucceeded,
+)
+from .sip.offer_answer import NegotiatedMedia
+from .sip.registration import RegistrationConfig
+from .sip.uri import SipUri
+
+log = logging.getLogger("sipagent")
+
+
+@dataclass
+class EchoCall:
+    """One call's media in echo mode."""
+
+    call_id: str
+    socket: RtpSocket
+    stream: EchoStream
+    started: float
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    outcome: Event | None = None
+
+    def apply(self, media: NegotiatedMedia) -> None:
+        """Follow negotiated media: payload types, direction (hold), remote address."""
+        types = {media.payload_type}
+        if media.dtmf_payload_type is not None:
+            types.add(media.dtmf_payload_type)
+        self.stream.configure(frozenset(types), sending=media.send)
+        self.socket.set_remote(media.remote_address, media.remote_port)
+
+    def on_packet(self, data: bytes, source: Addr) -> None:
+        """Echo one inbound packet."""
+        reply = self.stream.receive(data)
+        if reply is not None:
+            self.socket.send(reply)
+
+
+def _new_stream() -> EchoStream:
+    return EchoStream(
+        ssrc=secrets.randbits(32), first_sequence=secrets.randbits(16), first_timestamp=secrets.randbits(32)
+    )
+
+
+class Server:
+    """Owns the endpoint, its network adapter and every call."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.network: SipNetwork | None = None
+        self.endpoint: SipEndpoint | None = None
+        self.calls: dict[str, EchoCall] = {}
+        self.registered = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._allow = [
+            ipaddress.ip_network(n, strict=False)
+            for n in (settings.trunk.allow_from if settings.trunk else [])
+        ]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind listeners and attach to the trunk."""
+        sip = self.settings.sip
+        client_ssl = ssl.create_default_context()
+        if not self.settings.sip.tls_verify:
+            client_ssl.check_hostname = False
+            client_ssl.verify_mode = ssl.CERT_NONE
+        network = SipNetwork(self._on_event, client_ssl=client_ssl)
+        ports: dict[str, int] = {}
+        if "udp" in sip.transports:
+            ports["udp"] = await network.listen_udp(sip.bind, sip.port)
+        if "tcp" in sip.transports:
+            ports["tcp"] = await network.listen_stream("tcp", sip.bind, ports.get("udp", sip.port), None)
+        if "tls" in sip.transports:
+            assert sip.tls_cert is not None and sip.tls_key is not None
+            server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            server_ssl.load_cert_chain(sip.tls_cert, sip.tls_key)
+            ports["tls"] = await network.listen_stream("tls", sip.bind, sip.tls_port, server_ssl)
+        if sip.public_port is not None:
+            for name in ("udp", "tcp"):
+                if name in ports:
+                    ports[name] = sip.public_port
+        config = EndpointConfig(
+            public_host=sip.advertised_host,
+            ports={k: v for k, v in ports.items() if k in ("udp", "tcp", "tls")},  # type: ignore[misc]
+            user_agent=sip.user_agent,
+            session_expires=sip.session_expires or None,
+            min_se=sip.min_se,
+        )
+        self.endpoint = SipEndpoint(config)
+        network.attach(self.endpoint)
+        self.network = network
+        log.info(
+            "sipagent %s mode listening on %s (%s), advertising %s",
+            self.settings.mode,
+            sip.bind,
+            ", ".join(f"{k}/{v}" for k, v in network.bound.items()),
+            sip.advertised_host,
+        )
+        self._attach_trunk()
+
+    def _attach_trunk(self) -> None:
+        trunk = self.settings.trunk
+        if trunk is None:
+            return
+        assert self.endpoint is not None and self.network is not None
+        if trunk.mode == "register":
+            registrar = SipUri.parse(trunk.uri)
+            aor = SipUri.parse(trunk.aor) if trunk.aor else SipUri(host=registrar.host, user=trunk.username)
+            self.endpoint.register(
+                RegistrationConfig(
+                    registrar=registrar,
+                    aor=aor,
+                    credentials=self._credentials(),
+                    expires=trunk.expires,
+                    outbound_proxy=SipUri.parse(trunk.outbound_proxy) if trunk.outbound_proxy else None,
+                ),
+                self.network.now(),
+            )
+            self.network.pump()
+        if trunk.keepalive_interval > 0:
+            self._spawn(self._keepalive(trunk.keepalive_interval))
+
+    def _credentials(self) -> Credentials | None:
+        trunk = self.settings.trunk
+        if trunk is None or not trunk.username:
+            return None
+        password = trunk.resolved_password()
+        return Credentials(trunk.username, password or "")
+
+    async def stop(self) -> None:
+        """Hang up every call, remove registrations, close sockets."""
+        if self.endpoint is not None and self.network is not None:
+            now = self.network.now()
+            for call_id in list(self.calls):
+                with contextlib.suppress(Exception):
+                    self.endpoint.hangup(call_id, now)
+            self.endpoint.unregister_all(now)
+            self.network.pump()
+            await asyncio.sleep(0.2)  # let BYEs and the un-REGISTER leave
+        for task in list(self._tasks):
+            task.cancel()
+        for call in self.calls.values():
+            call.socket.close()
+        if self.network is not None:
+            await self.network.close()
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _keepalive(self, interval: float) -> None:
+        """OPTIONS over UDP, CRLFCRLF over TCP/TLS, toward the trunk (sip-trunks.md, RFC 5626)."""
+        trunk = self.settings.trunk
+        assert trunk is not None and self.endpoint is not None and self.network is not None
+        target = SipUri.parse(trunk.outbound_proxy or trunk.uri)
+        address = uri_address(target)
+        while True:
+            await asyncio.sleep(interval)
+            if address.reliable:
+                self.network.send_keepalive(address)
+            else:
+                self.endpoint.ping(target, self.network.now())
+                self.network.pump()
+
+    # -- events ----------------------------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        assert self.endpoint is not None and self.network is not None
+        if isinstance(event, IncomingCall):
+            self._on_incoming(event)
+        elif isinstance(event, CallConfirmed | CallAnswered | EarlyMedia | MediaUpdated):
+            call = self.calls.get(event.call_id)
+            if call is not None and event.media is not None:
+                call.apply(event.media)
+            if call is not None and isinstance(event, CallAnswered):
+                call.outcome = event
+        elif isinstance(event, CallEnded | CallFailed):
+            log.info("call %s ended: %s", event.call_id, getattr(event, "reason", ""))
+            call = self.calls.pop(event.call_id, None)
+            if call is not None:
+                call.outcome = call.outcome or event
+                log.info(
+                    "call %s media: received %d, echoed %d, dropped %d",
+                    event.call_id,
+                    call.stream.stats.received,
+                    call.stream.stats.sent,
+                    call.stream.stats.dropped,
+                )
+                call.socket.close()
+                call.ended.set()
+        elif isinstance(event, RegistrationSucceeded):
+            log.info("registered %s for %d s", event.aor, event.expires)
+            self.registered.set()
+        elif isinstance(event, RegistrationFailed):
+            log.warning("registration of %s failed: %d %s", event.aor, event.status, event.reason)
+
+    def _on_incoming(self, event: IncomingCall) -> None:
+        assert self.endpoint is not None and self.network is not None
+        now = self.network.now()
+        if self._allow and not any(ipaddress.ip_address(event.source.host) in net for net in self._allow):
+            log.warning("refusing call %s from %s: not in trunk.allow_from", event.call_id, event.source.host)
+            self.endpoint.reject(event.call_id, 403, now)
+            return
+        log.info("incoming call %s from %s to %s", event.call_id, event.asserted_caller, event.callee)
+        self.endpoint.ring(event.call_id, now)
+        self._spawn(self._answer(event.call_id))
+
+    async def _answer(self, call_id: str) -> None:
+        assert self.endpoint is not None and self.network is not None
+        rtp = self.settings.rtp
+        stream = _new_stream()
+        holder: list[EchoCall] = []
+        try:
+            socket = await open_rtp_socket(
+                rtp.bind or self.settings.sip.bind,
+                rtp.port_min,
+                rtp.port_max,
+                lambda data, src: holder[0].on_packet(data, src) if holder else None,
+            )
+        except PortRangeExhausted:
+            log.error("call %s: no RTP port free", call_id)
+            self.endpoint.reject(call_id, 503, self.network.now())
+            self.network.pump()
+            return
+        call = EchoCall(call_id, socket, stream, started=self.network.now())
+        holder.append(call)
+        if self.endpoint.call_state(call_id) is None:
+            socket.close()  # cancelled while we bound the port
+            return
+        self.calls[call_id] = call
+        try:
+            media = self.endpoint.answer(call_id, self.network.now(), rtp_port=socket.port)
+        except Exception as exc:  # OfferRejected (488 already sent) or the call vanished (CANCEL)
+            log.info("call %s not answered: %s", call_id, exc)
+            self.calls.pop(call_id, None)
+            socket.close()
+            self.network.pump()
+            return
+        if media is not None:
+            call.apply(media)
+        self.network.pump()
+        self._spawn(self._watch_media(call))
+
+    async def _watch_media(self, call: EchoCall) -> None:
+        """End calls whose media died (the far end vanished without BYE)."""
+        timeout = self.settings.rtp.media_timeout
+        if timeout <= 0:
+            return
+        assert self.endpoint is not None and self.network is not None
+        while not call.ended.is_set():
+            await asyncio.sleep(min(1.0, timeout))
+            last = call.socket.last_received or call.started
+            if self.network.now() - last > timeout and call.call_id in self.calls:
+                log.warning("call %s: no RTP for %.0f s, hanging up", call.call_id, timeout)
+                with contextlib.suppress(Exception):
+                    self.endpoint.hangup(call.call_id, self.network.now())
+                self.network.pump()
+                return
+
+    # -- outbound --------------------------------------------------------------------------------
+    async def place_call(
+        self, target: SipUri, *, duration: float, answer_timeout: float = 30.0
+    ) -> Event | None:
+        """Call ``target`` through the trunk (or directly), echo for ``duration`` s, hang up.
+
+        Returns the outcome event: CallAnswered when it was answered, CallFailed otherwise.
+        """
+        assert self.endpoint is not None and self.network is not None
+        trunk = self.settings.trunk
+        rtp = self.settings.rtp
+        holder: list[EchoCall] = []
+        socket = await open_rtp_socket(
+            rtp.bind or self.settings.sip.bind,
+            rtp.port_min,
+            rtp.port_max,
+            lambda data, src: holder[0].on_packet(data, src) if holder else None,
+        )
+        outbound_proxy = SipUri.parse(trunk.outbound_proxy) if trunk and trunk.outbound_proxy else None
+        if (
+            outbound_proxy is None
+            and trunk is not None
+            and trunk.mode == "static"
+            and target.host != SipUri.parse(trunk.uri).host
+        ):
+            outbound_proxy = SipUri.parse(trunk.uri)
+        call_id = self.endpoint.invite(
+            target,
+            self.network.now(),
+            rtp_port=socket.port,
+            credentials=self._credentials(),
+            outbound_proxy=outbound_proxy,
+        )
+        call = EchoCall(call_id, socket, _new_stream(), started=self.network.now())
+        holder.append(call)
+        self.calls[call_id] = call
+        self.network.pump()
+        try:
+            await asyncio.wait_for(self._answered_or_ended(call), answer_timeout)
+        except TimeoutError:
+            self.endpoint.hangup(call_id, self.network.now())
+            self.network.pump()
+        if isinstance(call.outcome, CallAnswered):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.ended.wait(), duration)
+            if not call.ended.is_set():
+                self.endpoint.hangup(call_id, self.network.now())
+                self.network.pump()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(call.ended.wait(), 5)
+        # wait for the BYE transaction to finish so the far end sees a clean hang-up
+        for _ in range(50):
+            if call_id not in self.endpoint.calls:
+                break
+            await asyncio.sleep(0.1)
+        return call.outcome
+
+    async def _answered_or_ended(self, call: EchoCall) -> None:
+        while call.outcome is None and not call.ended.is_set():
+            await asyncio.sleep(0.02)
+
+
+__all__ = ["Address", "EchoCall", "Server"]
