@@ -12,6 +12,7 @@ import errno
 import logging
 import random
 from collections.abc import Callable
+from typing import cast
 
 log = logging.getLogger("sipagent.rtp")
 
@@ -34,8 +35,8 @@ class RtpSocket(asyncio.DatagramProtocol):
         self.last_received: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # The selector loop's datagram transport does not subclass DatagramTransport on 3.11.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         source = (str(addr[0]), int(addr[1]))

@@ -33,6 +33,7 @@ from .offer_answer import MediaSession, NegotiatedMedia
 from .registration import Registration, RegistrationConfig
 from .session import CallState, InviteSession
 from .transaction import (
+    AckReceived,
     ClientTransaction,
     InviteClientTransaction,
     InviteServerTransaction,
@@ -353,7 +354,12 @@ class SipEndpoint:
         key = server_key(request)
         existing = self._server_txs.get(key)
         if existing is not None:
-            existing.receive_request(request, now)
+            for event in existing.receive_request(request, now):
+                # Old stacks reuse the INVITE's branch for the 2xx ACK; it still confirms the call.
+                if isinstance(event, AckReceived):
+                    call = self._invite_owner.get(key)
+                    if call is not None:
+                        call.on_ack(event.request, now)
             return
         if request.method == "ACK":
             call = self.calls.get(request.call_id())
