@@ -76,6 +76,7 @@ def _overrides(options: dict[str, Any]) -> dict[str, Any]:
         "rtp.port_max": options.get("rtp_port_max"),
         "log_level": options.get("log_level"),
         "mode": options.get("mode"),
+        "answer_delay": options.get("answer_delay"),
     }
 
 
@@ -88,6 +89,7 @@ def main() -> None:
 @main.command()
 @common_options
 @click.option("--mode", type=click.Choice(["echo", "agent"]), help="What answered calls get (default echo).")
+@click.option("--answer-delay", type=float, help="Seconds to ring before answering (default 0).")
 def serve(config: Path | None, **options: Any) -> None:
     """Answer calls until interrupted (SIGINT/SIGTERM hang up every call cleanly)."""
     settings = _settings(config, _overrides(options))

@@ -155,6 +155,8 @@ class Settings(_Section):
     """The whole configuration."""
 
     mode: Literal["echo", "agent"] = "echo"
+    #: Seconds to ring (180) before answering an inbound call.
+    answer_delay: float = Field(0.0, ge=0, le=300)
     sip: SipSettings = Field(default_factory=SipSettings)  # type: ignore[arg-type]
     rtp: RtpSettings = Field(default_factory=RtpSettings)  # type: ignore[arg-type]
     trunk: TrunkSettings | None = None

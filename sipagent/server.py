@@ -37,6 +37,7 @@ from .sip.events import (
 )
 from .sip.offer_answer import NegotiatedMedia
 from .sip.registration import RegistrationConfig
+from .sip.session import CallState
 from .sip.uri import SipUri
 
 log = logging.getLogger("sipagent")
@@ -51,6 +52,8 @@ class EchoCall:
     stream: EchoStream
     started: float
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set once the call was answered or ended (outbound calls wait on it).
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: Event | None = None
 
     def apply(self, media: NegotiatedMedia) -> None:
@@ -207,6 +210,7 @@ class Server:
                 call.apply(event.media)
             if call is not None and isinstance(event, CallAnswered):
                 call.outcome = event
+                call.settled.set()
         elif isinstance(event, CallEnded | CallFailed):
             log.info("call %s ended: %s", event.call_id, getattr(event, "reason", ""))
             call = self.calls.pop(event.call_id, None)
@@ -221,6 +225,7 @@ class Server:
                 )
                 call.socket.close()
                 call.ended.set()
+                call.settled.set()
         elif isinstance(event, RegistrationSucceeded):
             log.info("registered %s for %d s", event.aor, event.expires)
             self.registered.set()
@@ -240,6 +245,10 @@ class Server:
 
     async def _answer(self, call_id: str) -> None:
         assert self.endpoint is not None and self.network is not None
+        if self.settings.answer_delay > 0:
+            await asyncio.sleep(self.settings.answer_delay)
+            if self.endpoint.call_state(call_id) not in (CallState.INITIAL, CallState.EARLY):
+                return  # the caller gave up (CANCEL) while it rang
         rtp = self.settings.rtp
         stream = _new_stream()
         holder: list[EchoCall] = []
@@ -328,7 +337,7 @@ class Server:
         self.calls[call_id] = call
         self.network.pump()
         try:
-            await asyncio.wait_for(self._answered_or_ended(call), answer_timeout)
+            await asyncio.wait_for(call.settled.wait(), answer_timeout)
         except TimeoutError:
             self.endpoint.hangup(call_id, self.network.now())
             self.network.pump()
@@ -346,10 +355,6 @@ class Server:
                 break
             await asyncio.sleep(0.1)
         return call.outcome
-
-    async def _answered_or_ended(self, call: EchoCall) -> None:
-        while call.outcome is None and not call.ended.is_set():
-            await asyncio.sleep(0.02)
 
 
 __all__ = ["Address", "EchoCall", "Server"]

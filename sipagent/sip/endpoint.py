@@ -109,11 +109,18 @@ class SipEndpoint:
             tx = NonInviteClientTransaction(request, destination)
         self._client_txs[tx.key] = (tx, owner)
         tx.start(now)
+        self._drain(tx)
         return tx
 
     def send_response(self, transaction: ServerTransaction, response: Response, now: float) -> None:
         """Send ``response`` in ``transaction``."""
         transaction.send_response(response, now)
+        self._drain(transaction)
+
+    def _drain(self, transaction: ClientTransaction | ServerTransaction) -> None:
+        # Collect a transaction's output the moment it is produced, so the wire order is the
+        # order things happened in (200 to a CANCEL before the 487 it causes).
+        self._outgoing.extend(transaction.datagrams_to_send())
 
     def send_stateless(self, request: Request, destination: Address) -> None:
         """Send outside any transaction (2xx ACKs)."""
@@ -150,10 +157,6 @@ class SipEndpoint:
         """Everything waiting to go out, in order."""
         out = self._outgoing
         self._outgoing = []
-        for tx, _ in list(self._client_txs.values()):
-            out.extend(tx.datagrams_to_send())
-        for stx in list(self._server_txs.values()):
-            out.extend(stx.datagrams_to_send())
         return out
 
     def get_timer(self) -> float | None:
@@ -182,7 +185,9 @@ class SipEndpoint:
         for key, (tx, owner) in list(self._client_txs.items()):
             t = tx.get_timer()
             if t is not None and t <= now:
-                for event in tx.handle_timer(now):
+                events = tx.handle_timer(now)
+                self._drain(tx)
+                for event in events:
                     if isinstance(event, TransactionTimedOut):
                         owner.on_timeout(tx, now)
             if tx.terminated:
@@ -190,7 +195,9 @@ class SipEndpoint:
         for skey, stx in list(self._server_txs.items()):
             t = stx.get_timer()
             if t is not None and t <= now:
-                for sevent in stx.handle_timer(now):
+                sevents = stx.handle_timer(now)
+                self._drain(stx)
+                for sevent in sevents:
                     if isinstance(sevent, TransactionTimedOut) and isinstance(stx, InviteServerTransaction):
                         owner_call = self._invite_owner.get(skey)
                         if owner_call is not None:
@@ -346,7 +353,9 @@ class SipEndpoint:
                 call.on_response(call.uac_tx, response, now)
             return
         tx, owner = entry
-        for event in tx.receive_response(response, now):
+        events = tx.receive_response(response, now)
+        self._drain(tx)
+        for event in events:
             if isinstance(event, ResponseReceived):
                 owner.on_response(tx, event.response, now)
 
@@ -354,7 +363,9 @@ class SipEndpoint:
         key = server_key(request)
         existing = self._server_txs.get(key)
         if existing is not None:
-            for event in existing.receive_request(request, now):
+            events = existing.receive_request(request, now)
+            self._drain(existing)
+            for event in events:
                 # Old stacks reuse the INVITE's branch for the 2xx ACK; it still confirms the call.
                 if isinstance(event, AckReceived):
                     call = self._invite_owner.get(key)
@@ -375,27 +386,27 @@ class SipEndpoint:
         rejection = self._precheck(request)
         if rejection is not None:
             rejection.headers.set("Server", self.config.user_agent)
-            tx.send_response(rejection, now)
+            self.send_response(tx, rejection, now)
             return
         if request.method == "CANCEL":
             self._on_cancel(request, tx, now)
         elif request.to().tag is not None:
             call = self.calls.get(request.call_id())
             if call is None or call.dialog is None or not call.dialog.matches(request):
-                tx.send_response(request.response(481), now)
+                self.send_response(tx, request.response(481), now)
             else:
                 call.on_request(request, tx, now)
         elif request.method == "INVITE":
             assert isinstance(tx, InviteServerTransaction)
             self._on_new_invite(request, tx, source, now)
         elif request.method == "OPTIONS":
-            tx.send_response(self._options_response(request), now)
+            self.send_response(tx, self._options_response(request), now)
         elif request.method == "BYE":
-            tx.send_response(request.response(481), now)
+            self.send_response(tx, request.response(481), now)
         else:
             response = request.response(405)
             response.headers.set("Allow", ", ".join(ALLOWED_METHODS))
-            tx.send_response(response, now)
+            self.send_response(tx, response, now)
 
     def _precheck(self, request: Request) -> Response | None:
         """Checks every request passes before it reaches a call (§8.2.1–8.2.2, RFC 3261 §16.3)."""
@@ -424,9 +435,9 @@ class SipEndpoint:
         invite_tx = self._server_txs.get(target)
         call = self._invite_owner.get(target)
         if invite_tx is None or call is None:
-            tx.send_response(cancel.response(481), now)
+            self.send_response(tx, cancel.response(481), now)
             return
-        tx.send_response(cancel.response(200), now)
+        self.send_response(tx, cancel.response(200), now)
         call.on_cancel(now)
 
     def _on_new_invite(
@@ -435,11 +446,11 @@ class SipEndpoint:
         call_id = invite.call_id()
         if call_id in self.calls:
             # Same Call-ID, no To tag, new branch: a merged request or a loop (§8.2.2.2).
-            tx.send_response(invite.response(482), now)
+            self.send_response(tx, invite.response(482), now)
             return
-        tx.send_response(invite.response(100), now)
+        self.send_response(tx, invite.response(100), now)
         if not invite.contacts():
-            tx.send_response(invite.response(400, "Missing Contact"), now)
+            self.send_response(tx, invite.response(400, "Missing Contact"), now)
             return
         # The RTP port is chosen when the app answers; 9 (discard) is a placeholder never sent.
         media = MediaSession(self.config.public_host, 9, session_id=self._session_id())

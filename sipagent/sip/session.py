@@ -397,7 +397,9 @@ class InviteSession:
         return None if unchanged else negotiated
 
     # ------------------------------------------------------------------ UAC
-    def start_uac(self, invite: Request, destination: Address, auth: RequestAuthenticator | None, now: float) -> None:
+    def start_uac(
+        self, invite: Request, destination: Address, auth: RequestAuthenticator | None, now: float
+    ) -> None:
         """Send our INVITE (already carrying our SDP offer)."""
         self.invite = invite
         self._auth = auth

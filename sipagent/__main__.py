@@ -1,0 +1,5 @@
+"""``python -m sipagent``."""
+
+from .cli import main
+
+main()

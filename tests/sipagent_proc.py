@@ -1,0 +1,71 @@
+"""Run the real ``sipagent`` command as a subprocess on loopback, for the interop tests."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from tests.peers.ports import HOST, free_port_block, free_sip_port
+from tests.peers.proc import ManagedProcess
+
+#: How many RTP ports each test server gets: small, so a capture filter can name them all.
+RTP_PORTS = 16
+
+
+@dataclass
+class SipagentServer:
+    """``sipagent serve`` with its own SIP port, RTP port block and log directory."""
+
+    workdir: Path
+    transports: tuple[str, ...] = ("udp", "tcp")
+    extra_args: tuple[str, ...] = ()
+    config_text: str | None = None
+    sip_port: int = field(default_factory=free_sip_port)
+    tls_port: int | None = None
+    rtp_min: int = field(default_factory=lambda: free_port_block(RTP_PORTS))
+    process: ManagedProcess | None = None
+
+    @property
+    def rtp_ports(self) -> list[int]:
+        """Every port the server may use for RTP."""
+        return list(range(self.rtp_min, self.rtp_min + RTP_PORTS))
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for sipp."""
+        return f"{HOST}:{self.sip_port}"
+
+    def argv(self, command: str = "serve", *args: str) -> list[str]:
+        """The command line (``serve`` by default; ``call TARGET`` for outbound tests)."""
+        argv = [sys.executable, "-m", "sipagent", command, *args]
+        argv += ["--sip-bind", HOST, "--sip-port", str(self.sip_port), "--log-level", "debug"]
+        argv += ["--rtp-port-min", str(self.rtp_min), "--rtp-port-max", str(self.rtp_min + RTP_PORTS)]
+        for transport in self.transports:
+            argv += ["--transport", transport]
+        if self.tls_port is not None:
+            argv += ["--tls-port", str(self.tls_port)]
+        if self.config_text is not None:
+            config = self.workdir / "sipagent.toml"
+            config.write_text(self.config_text)
+            argv += ["--config", str(config)]
+        return argv + list(self.extra_args)
+
+    def __enter__(self) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = ManagedProcess(self.argv(), name="sipagent", logdir=self.workdir)
+        self.process.start()
+        self.process.wait_for_output(r"listening on", timeout=20)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self.process is not None
+        self.process.stop()
+
+    def log(self) -> str:
+        """Everything the server logged so far."""
+        return self.process.stderr_text() if self.process is not None else ""
