@@ -101,3 +101,23 @@ def test_echo_over_tcp(tmp_path: Path) -> None:
         result.assert_ok()
         sent = capture.rtp_count(src_port=media_port)
         assert sent >= 95 and capture.rtp_count(dst_port=media_port) == sent
+
+
+def test_public_address_is_advertised_in_contact_and_sdp(tmp_path: Path) -> None:
+    """NAT: we bind 127.0.0.1 but must advertise the configured public address (and public port)
+    in Contact and SDP; a private address there is the classic one-way-audio failure."""
+    public = "127.0.0.2"
+    config = "[sip]\npublic_port = 15999\n"
+    with SipagentServer(
+        tmp_path / "server", extra_args=("--public-address", public), config_text=config
+    ) as server:
+        result = run_sipp(
+            scenario_path("uac_call_echo"), server.address, workdir=tmp_path / "sipp", service="echo",
+            audio_seconds=0.5, timeout=6,
+        )  # fmt: skip
+    answers = [m for m in result.received() if m.status == 200 and m.header("CSeq") == "1 INVITE"]
+    assert answers, result.describe()
+    answer = answers[0]
+    assert f"@{public}:15999" in (answer.header("Contact") or "")
+    assert f"c=IN IP4 {public}" in answer.body
+    assert f"IN IP4 {public}" in answer.body.split("o=", 1)[1].splitlines()[0]
