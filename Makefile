@@ -16,7 +16,7 @@ test: install peers
 	$(BIN)/ruff check sipagent tests scripts
 	$(BIN)/ruff format --check sipagent tests scripts
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 -q $(PYTEST_ARGS)
+	SIPAGENT_REQUIRE_PEERS=1 $(BIN)/pytest -n 2 -q $(PYTEST_ARGS)
 
 install: $(STAMP)
 
