@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages of the real SIP peers the interop tests use, if missing:
-#   sip-tester (sipp), baresip, kamailio (+ its TLS module), tshark (RTP counting), openssl.
+#   sip-tester (sipp), baresip, kamailio and kamailio-tls-modules, tshark (RTP counting), openssl.
 set -euo pipefail
 need=()
 command -v sipp >/dev/null || need+=(sip-tester)
@@ -8,6 +8,8 @@ command -v baresip >/dev/null || need+=(baresip)
 command -v kamailio >/dev/null || need+=(kamailio)
 command -v tshark >/dev/null || need+=(tshark)
 command -v openssl >/dev/null || need+=(openssl)
+# Kamailio's TLS listener (baresip -> kamailio over TLS in the harness tests) is a separate package.
+ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || need+=(kamailio-tls-modules)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing SIP peers: ${need[*]}" >&2
 sudo_cmd=""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.peers.audio import read_wav, tone_sequence, wav_stats, write_wav
-from tests.peers.baresip import Baresip
+from tests.peers.baresip import Baresip, Transport
 from tests.peers.ports import free_tcp_port
 from tests.peers.tls import make_test_pki
 from tests.sipagent_proc import SipagentServer
@@ -36,7 +36,9 @@ def _heard(baresip: Baresip) -> tuple[float, float]:
     return stats.active_s, float(energy_at_tones / max(spectrum.sum(), 1.0))
 
 
-def _call(tmp_path: Path, server: SipagentServer, uri: str, transport: str, **kwargs: object) -> Baresip:
+def _call(
+    tmp_path: Path, server: SipagentServer, uri: str, transport: Transport, **kwargs: object
+) -> Baresip:
     wav = write_wav(tmp_path / "mic.wav", tone_sequence(4.0, tones_hz=TONES))
     baresip = Baresip(
         tmp_path / "baresip",

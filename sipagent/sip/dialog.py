@@ -7,7 +7,9 @@ The rules that trunks break us on (sip-trunks.md):
 * a target refresh (re-INVITE, UPDATE and their 2xx) replaces the remote target (Contact);
 * in-dialog requests go to the remote target with the route set as Route headers (loose routing);
   a strict router (no ``;lr``) gets the Request-URI and the target moves to the last Route;
-* the ACK for a 2xx, and every other in-dialog request, travel the route set.
+* the ACK for a 2xx, and every other in-dialog request, travel the route set;
+* a next hop on a transport we do not speak (``;transport=ws``, ``sctp``) is reached over the flow
+  the dialog was set up on rather than failing: the peer's Contact must never crash us.
 """
 
 from __future__ import annotations
@@ -91,10 +93,15 @@ class Dialog:
 
     def destination(self) -> Address:
         """Where to send in-dialog requests: the existing flow on streams (TLS reuse), else the
-        next hop's address."""
+        next hop's address (the flow again if the next hop names a transport we lack)."""
         if self.flow is not None and self.flow.reliable:
             return self.flow
-        return uri_address(self.next_hop())
+        try:
+            return uri_address(self.next_hop())
+        except ValueError:
+            if self.flow is None:
+                raise RemoteProtocolError(f"no transport to reach {self.next_hop()}") from None
+            return self.flow
 
     def create_request(self, method: str, via: str, *, seq: int | None = None) -> Request:
         """Build an in-dialog request (§12.2.1.1). ``seq`` reuses a CSeq (ACK, CANCEL)."""

@@ -14,6 +14,11 @@ Dispatch of a request, in order (RFC 3261 §8.2, §17.2.3, §12.2.2):
 6. Max-Forwards 0 → 483; unsupported ``Require`` → 420 with ``Unsupported``;
 7. with a To tag → the dialog's call (481 if none); otherwise INVITE creates a call (100 Trying
    at once), OPTIONS gets 200 with Allow, everything else 405/481.
+
+Once a server transaction exists, a request found malformed deeper in (a bad Contact, a tel:
+Request-URI…) is answered through it, so the transaction ends normally. Every INVITE server
+transaction a call answers, re-INVITEs included, is mapped to its call: the call hears of its
+ACK (even one reusing the INVITE's branch) and of Timer L when none comes.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from .transaction import (
     NonInviteServerTransaction,
     ResponseReceived,
     ServerTransaction,
+    TransactionState,
     TransactionTimedOut,
     cancel_target_key,
     client_key,
@@ -144,14 +150,17 @@ class SipEndpoint:
         """Handle a parsed message (stream transports frame and parse before calling this)."""
         if isinstance(message, Response):
             self._on_response(message, now)
-            return
-        try:
-            stamp_via(message, source)
-            self._on_request(message, source, now)
-        except RemoteProtocolError as exc:
-            # A header that parses but makes no sense deeper in (bad Contact, bad SDP…).
-            response = message.response(exc.status_hint, exc.reason)
-            self._send_response_stateless(response, source)
+        else:
+            try:
+                stamp_via(message, source)
+                self._on_request(message, source, now)
+            except RemoteProtocolError as exc:
+                # A header that parses but makes no sense deeper in (bad Contact, bad SDP…).
+                response = message.response(exc.status_hint, exc.reason)
+                self._send_response_stateless(response, source)
+        # On streams transactions end on a message, not on a timer (Timers I, J, K are zero):
+        # forget them now, or an idle endpoint would hold them until its next timer.
+        self._collect_garbage()
 
     def datagrams_to_send(self, now: float) -> list[Outgoing]:
         """Everything waiting to go out, in order."""
@@ -198,10 +207,11 @@ class SipEndpoint:
                 sevents = stx.handle_timer(now)
                 self._drain(stx)
                 for sevent in sevents:
-                    if isinstance(sevent, TransactionTimedOut) and isinstance(stx, InviteServerTransaction):
+                    timer_l = isinstance(sevent, TransactionTimedOut) and sevent.timer == "L"
+                    if timer_l and isinstance(stx, InviteServerTransaction):
                         owner_call = self._invite_owner.get(skey)
                         if owner_call is not None:
-                            owner_call.ack_timed_out(now)
+                            owner_call.ack_timed_out(stx, now)
         for call in list(self.calls.values()):
             t = call.get_timer()
             if t is not None and t <= now:
@@ -383,6 +393,18 @@ class SipEndpoint:
         else:
             tx = NonInviteServerTransaction(request, source)
         self._server_txs[key] = tx
+        try:
+            self._dispatch(request, tx, source, now)
+        except RemoteProtocolError as exc:
+            # Malformed deeper in (a bad Contact, an unusable Request-URI…): answer through the
+            # transaction, which then ends normally, rather than leave it idling forever.
+            if tx.state in (TransactionState.TRYING, TransactionState.PROCEEDING):
+                response = request.response(exc.status_hint, exc.reason)
+                response.headers.set("Server", self.config.user_agent)
+                self.send_response(tx, response, now)
+
+    def _dispatch(self, request: Request, tx: ServerTransaction, source: Address, now: float) -> None:
+        """Steps 6 and 7 of the module docstring, for a request with a new server transaction."""
         rejection = self._precheck(request)
         if rejection is not None:
             rejection.headers.set("Server", self.config.user_agent)
@@ -395,6 +417,8 @@ class SipEndpoint:
             if call is None or call.dialog is None or not call.dialog.matches(request):
                 self.send_response(tx, request.response(481), now)
             else:
+                if isinstance(tx, InviteServerTransaction):
+                    self._invite_owner[server_key(request)] = call  # its ACK and Timer L
                 call.on_request(request, tx, now)
         elif request.method == "INVITE":
             assert isinstance(tx, InviteServerTransaction)
@@ -452,6 +476,8 @@ class SipEndpoint:
         if not invite.contacts():
             self.send_response(tx, invite.response(400, "Missing Contact"), now)
             return
+        # Parsed before the call exists, so a bad one (tel:, garbage) leaves no half-made call.
+        callee = invite.request_uri()
         # The RTP port is chosen when the app answers; 9 (discard) is a placeholder never sent.
         media = MediaSession(self.config.public_host, 9, session_id=self._session_id())
         flow = Address(as_transport(source.transport), source.host, source.port)
@@ -464,7 +490,7 @@ class SipEndpoint:
             IncomingCall(
                 call_id=call_id,
                 caller=invite.from_(),
-                callee=invite.request_uri(),
+                callee=callee,
                 source=source,
                 request=invite,
                 asserted_caller=self._asserted_caller(invite),
@@ -487,9 +513,12 @@ class SipEndpoint:
             if stx.terminated:
                 del self._server_txs[key]
                 self._invite_owner.pop(key, None)
-        for ckey, (tx, _) in list(self._client_txs.items()):
-            if tx.terminated:
+        for ckey, (tx, owner) in list(self._client_txs.items()):
+            # An INVITE given up after our CANCEL (§9.1) idles in PROCEEDING with no timer.
+            abandoned = tx.get_timer() is None and isinstance(owner, InviteSession) and owner.finished
+            if tx.terminated or abandoned:
                 del self._client_txs[ckey]
+        owned = {id(call) for call in self._invite_owner.values()}  # linear: runs per message
         for call_id, call in list(self.calls.items()):
-            if call.finished and not any(owner is call for owner in self._invite_owner.values()):
+            if call.finished and id(call) not in owned:
                 del self.calls[call_id]

@@ -102,6 +102,10 @@ class Registration:
         if transaction is not self._tx or response.status < 200:
             return
         status = response.status
+        if status not in (401, 407) and self._auth is not None:
+            # Any other final answer (a 423, a 5xx…) ends this round of challenges: the next
+            # challenge is a fresh one, not a sign of wrong credentials.
+            self._auth.succeeded()
         if 200 <= status < 300:
             self._on_success(response, now)
         elif status in (401, 407) and self._auth is not None:

@@ -8,14 +8,21 @@ UAS
   transaction) until the ACK, which arrives with a new branch and is matched here by dialog.
 * CANCEL before the final response: 200 to the CANCEL (endpoint), 487 to the INVITE (here), and
   the call can no longer be answered.
+* hanging up before the ACK for our 2xx arrives ends the call for the app at once, but the BYE
+  waits for that ACK or for Timer L (§15: it could overtake the 2xx).
+* a 2xx (initial or re-INVITE) never ACKed within Timer L ends the session with BYE (§13.3.1.4).
 * an INVITE without SDP gets our offer in the 200 and the answer comes in the ACK.
-* re-INVITE / UPDATE: answered automatically from the media session; a re-INVITE while ours is
-  pending gets 491; while an earlier incoming one is unanswered, 500 with Retry-After (§14.2).
+* re-INVITE / UPDATE: answered automatically from the media session; a re-INVITE (or an UPDATE
+  carrying an offer) while ours has no final response yet gets 491; while an earlier incoming one
+  is unanswered, 500 with Retry-After (§14.2).
 
 UAC
 * 401/407 are retried once per challenge with the same Call-ID and From tag, CSeq + 1 and a new
   branch; ``stale=true`` allows one more try.
-* CANCEL only after a provisional response; a 2xx that races our CANCEL is ACKed and BYEd.
+* CANCEL only after a provisional response to the INVITE transaction now in flight (a 100 to
+  an INVITE that was then challenged does not count); a 2xx that races our CANCEL is ACKed and
+  BYEd; no final response 64·T1 after the CANCEL ends the call anyway (§9.1). Once the app hung
+  up, a challenge is not answered and any final error ends the call as cancelled.
 * 422 (Session Interval Too Small) is retried with the Min-SE the peer asked for.
 
 Both
@@ -51,8 +58,11 @@ from .transaction import (
     InviteClientTransaction,
     InviteServerTransaction,
     ServerTransaction,
-    build_cancel,
+    TransactionState,
 )
+
+#: Client transaction states before the final response: our request is still "in progress".
+_IN_PROGRESS = frozenset({TransactionState.CALLING, TransactionState.TRYING, TransactionState.PROCEEDING})
 
 SDP_TYPE = "application/sdp"
 
@@ -107,8 +117,12 @@ class InviteSession:
         self._auth: RequestAuthenticator | None = None
         self._auth_attempts = 0
         self._cancel_wanted = False
-        self._provisional_seen = False
+        self._cancel_tx: ClientTransaction | None = None
+        #: §9.1: when to give up on a final response to the INVITE we CANCELled.
+        self._cancel_deadline: float | None = None
         self._ack: Request | None = None
+        #: UAS hung up while its 2xx was unacknowledged: BYE once the ACK (or Timer L) comes.
+        self._bye_after_ack = False
         # our own in-dialog INVITE/UPDATE (session refresh), for glare detection
         self._local_reinvite: ClientTransaction | None = None
         self._glare_retry_at: float | None = None
@@ -118,12 +132,14 @@ class InviteSession:
     @property
     def finished(self) -> bool:
         """True once nothing more can happen on this call (the endpoint may forget it)."""
-        if self.state is not CallState.TERMINATED:
+        if self.state is not CallState.TERMINATED or self._bye_after_ack:
             return False
         return self._bye_tx is None or self._bye_tx.terminated
 
     def get_timer(self) -> float | None:
-        """The session's own deadline (session refresh/expiry, glare retry)."""
+        """The session's own deadline (CANCEL give-up, session refresh/expiry, glare retry)."""
+        if self.state in (CallState.INITIAL, CallState.EARLY):
+            return self._cancel_deadline
         deadlines = [d for d in (self.timer.deadline, self._glare_retry_at) if d is not None]
         if self.state is not CallState.CONFIRMED:
             return None
@@ -131,6 +147,12 @@ class InviteSession:
 
     def handle_timer(self, now: float) -> None:
         """Run whatever deadline has passed."""
+        if self.state in (CallState.INITIAL, CallState.EARLY):
+            if self._cancel_deadline is not None and now >= self._cancel_deadline:
+                # §9.1: no final response 64·T1 after our CANCEL: consider the INVITE cancelled.
+                self._cancel_deadline = None
+                self._end("cancelled", by_remote=False)
+            return
         if self.state is not CallState.CONFIRMED:
             return
         if self._glare_retry_at is not None and now >= self._glare_retry_at:
@@ -274,7 +296,11 @@ class InviteSession:
         if tx is not None and not tx.terminated:
             tx.ack_received(ack, now)
         self._reinvite_tx = None
-        media = self._take_ack_answer(ack)
+        if self._bye_after_ack:
+            self._bye_after_ack = False
+            self._send_bye(now)
+            return
+        media = self._take_ack_answer(ack, now)
         if self.state is CallState.ANSWERED:
             self.state = CallState.CONFIRMED
             self.timer.start(now)
@@ -282,7 +308,7 @@ class InviteSession:
         elif media is not None:
             self.ctx.emit(MediaUpdated(self.call_id, media))
 
-    def _take_ack_answer(self, ack: Request) -> NegotiatedMedia | None:
+    def _take_ack_answer(self, ack: Request, now: float) -> NegotiatedMedia | None:
         if self._pending_offer is None:
             return None
         self._pending_offer = None
@@ -293,7 +319,7 @@ class InviteSession:
             self.negotiated = self.media.process_answer(sdp)
         except (OfferRejected, RemoteProtocolError):
             # The answer is unusable; RFC 3261 §13.3.1.4 says to end the session with BYE.
-            self._send_bye(0.0)
+            self._send_bye(now)
             self._end("bad-answer-in-ack", by_remote=False)
             return None
         return self.negotiated
@@ -336,9 +362,16 @@ class InviteSession:
             response.headers.add("Contact", self._contact())
         return response
 
+    def _local_request_pending(self) -> bool:
+        """Our re-INVITE/UPDATE has had no final response yet (the §14.1 glare window).
+
+        Not "its transaction is alive": a completed one lingers (Timer D, K, M) long after.
+        """
+        return self._local_reinvite is not None and self._local_reinvite.state in _IN_PROGRESS
+
     def _on_reinvite(self, request: Request, tx: InviteServerTransaction, now: float) -> None:
         assert self.dialog is not None
-        if self._local_reinvite is not None and not self._local_reinvite.terminated:
+        if self._local_request_pending():
             self._respond(tx, request.response(491), now)
             return
         if self._reinvite_tx is not None or self.state is CallState.ANSWERED:
@@ -370,7 +403,8 @@ class InviteSession:
         except OfferRejected as exc:
             self._respond(tx, request.response(exc.status, str(exc)[:80]), now)
             return
-        except RemoteProtocolError as exc:
+        except (RemoteProtocolError, LocalProtocolError) as exc:
+            # LocalProtocolError(491): an offer while ours is outstanding (RFC 3311 §5.2).
             self._respond(tx, request.response(exc.status_hint, exc.reason), now)
             return
         self.dialog.refresh_target(request)
@@ -438,10 +472,11 @@ class InviteSession:
             self._on_provisional(response, now)
         elif status < 300:
             self._on_invite_2xx(response, now)
-        elif self._retried(response, now):
+        elif not self._cancel_wanted and self._retried(response, now):
             return
         elif self.state in (CallState.INITIAL, CallState.EARLY):
-            if status == 487 and self._cancel_wanted:
+            if self._cancel_wanted:
+                # The app hung up: a 487, or whatever final error crossed our CANCEL.
                 self._end("cancelled", by_remote=False)
             else:
                 self.state = CallState.TERMINATED
@@ -451,17 +486,18 @@ class InviteSession:
         """Challenges and 422 are answered by resending the INVITE, not by failing the call."""
         if response.status in (401, 407):
             return self._retry_with_auth(response, now)
+        if self._auth is not None:
+            # Any other final answer ends this round of challenges: a challenge to the retry
+            # that follows (after a 422) is a fresh one, not a sign of a wrong password.
+            self._auth.succeeded()
         if response.status == 422:
             return self._retry_with_min_se(response, now)
         return False
 
     def _on_provisional(self, response: Response, now: float) -> None:
         if response.status == 100 or self.state not in (CallState.INITIAL, CallState.EARLY):
-            if response.status == 100:
-                self._provisional_seen = True
-                self._maybe_cancel(now)
+            self._maybe_cancel(now)
             return
-        self._provisional_seen = True
         self.state = CallState.EARLY
         self.ctx.emit(CallProgress(self.call_id, response.status, response.reason))
         sdp = self._safe_sdp(response)
@@ -548,14 +584,16 @@ class InviteSession:
         return True
 
     def _maybe_cancel(self, now: float) -> None:
-        if not self._cancel_wanted or not self._provisional_seen or self.uac_tx is None:
+        if not self._cancel_wanted or self._cancel_tx is not None or self.uac_tx is None:
+            return  # one CANCEL is enough; its transaction retransmits it
+        # §9.1: only once *this* INVITE transaction has had a provisional response (a 100 to an
+        # INVITE that was then challenged does not make the retry cancellable).
+        if not self.uac_tx.cancellable:
             return
-        if self.uac_tx.state.name not in ("CALLING", "PROCEEDING"):
-            return
-        cancel = build_cancel(self.uac_tx.request)
+        cancel = self.uac_tx.cancel_request()
         self._decorate(cancel)
-        self.ctx.send_request(cancel, self.uac_tx.destination, self, now)
-        self._provisional_seen = False  # one CANCEL is enough; its transaction retransmits it
+        self._cancel_tx = self.ctx.send_request(cancel, self.uac_tx.destination, self, now)
+        self._cancel_deadline = now + self.uac_tx.config.timeout
 
     # ------------------------------------------------------------------ hang-up
     def hangup(self, now: float) -> None:
@@ -569,13 +607,26 @@ class InviteSession:
             self._cancel_wanted = True
             self._maybe_cancel(now)
             return
-        # ANSWERED (UAS waiting for ACK) or CONFIRMED: BYE is allowed once the 2xx is sent.
+        if self.state is CallState.ANSWERED:
+            # §15: no BYE until the ACK for our 2xx arrives (or Timer L fires); the call is over
+            # for the app now all the same.
+            self._bye_after_ack = True
+            self._end("local-bye", by_remote=False)
+            return
         self._send_bye(now)
         self._end("local-bye", by_remote=False)
 
-    def ack_timed_out(self, now: float) -> None:
-        """Timer H: our 2xx was never ACKed. §13.3.1.4: end the session with BYE."""
-        if self.state is CallState.ANSWERED:
+    def ack_timed_out(self, tx: InviteServerTransaction, now: float) -> None:
+        """Timer L: our 2xx in ``tx`` was never ACKed. §13.3.1.4: end the session with BYE."""
+        if tx is self._reinvite_tx:
+            self._reinvite_tx = None
+            self._pending_offer = None
+            self._send_bye(now)
+            self._end("ack-timeout", by_remote=False)
+        elif tx is self.invite_tx and self._bye_after_ack:
+            self._bye_after_ack = False
+            self._send_bye(now)
+        elif tx is self.invite_tx and self.state is CallState.ANSWERED:
             self._send_bye(now)
             self._end("ack-timeout", by_remote=False)
 
@@ -597,7 +648,7 @@ class InviteSession:
 
     # ------------------------------------------------------------------ session refresh
     def _send_refresh(self, now: float) -> None:
-        if self.dialog is None or (self._local_reinvite is not None and not self._local_reinvite.terminated):
+        if self.dialog is None or self._local_request_pending():
             return
         use_update = self.ctx.config.prefer_update_refresh and self.timer.peer_allows_update
         method = "UPDATE" if use_update else "INVITE"
