@@ -281,6 +281,30 @@ class MediaSession:
         self._local_offer = _LocalOffer(sdp, index, wanted, payloads, dtmf_pt)
         return sdp
 
+    def refresh_offer(self) -> SessionDescription:
+        """The offer of a session refresh (RFC 4028 re-INVITE): the media already agreed, unchanged.
+
+        It lists only the negotiated codec (and telephone-event/CN as agreed) with our current
+        direction, so the o= version stays put when nothing changed and the peer has no reason to
+        switch codec mid-call. Before any negotiation it is a plain :meth:`create_offer`.
+        """
+        current = self._negotiated
+        if current is None:
+            return self.create_offer()
+        payloads = {current.payload_type: RtpMap(current.codec, G711_CLOCK_RATE)}
+        if current.dtmf_payload_type is not None:
+            payloads[current.dtmf_payload_type] = RtpMap("telephone-event", G711_CLOCK_RATE)
+        if current.cn_payload_type is not None:
+            payloads[current.cn_payload_type] = RtpMap("CN", G711_CLOCK_RATE)
+        audio = self._audio_media(_PLAIN_RTP, payloads, current.dtmf_payload_type, current.local_direction)
+        media = [_rejected(slot) for slot in self._slots] or [audio]
+        media[current.stream_index] = audio
+        sdp = self._stamp(media)
+        self._local_offer = _LocalOffer(
+            sdp, current.stream_index, current.local_direction, payloads, current.dtmf_payload_type
+        )
+        return sdp
+
     def cancel_offer(self) -> None:
         """Forget our outstanding offer (the re-INVITE failed, or lost a 491 glare)."""
         self._local_offer = None

@@ -16,14 +16,7 @@ UAS
   carrying an offer) while ours has no final response yet gets 491; while an earlier incoming one
   is unanswered, 500 with Retry-After (§14.2).
 
-UAC
-* 401/407 are retried once per challenge with the same Call-ID and From tag, CSeq + 1 and a new
-  branch; ``stale=true`` allows one more try.
-* CANCEL only after a provisional response to the INVITE transaction now in flight (a 100 to
-  an INVITE that was then challenged does not count); a 2xx that races our CANCEL is ACKed and
-  BYEd; no final response 64·T1 after the CANCEL ends the call anyway (§9.1). Once the app hung
-  up, a challenge is not answered and any final error ends the call as cancelled.
-* 422 (Session Interval Too Small) is retried with the Min-SE the peer asked for.
+UAC: see :mod:`.session_uac` (challenges, CANCEL rules, 422). Shared state: :mod:`.session_core`.
 
 Both
 * session timers: the refresher sends a re-INVITE (or UPDATE when the peer allows it) at half the
@@ -32,110 +25,31 @@ Both
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
-
-from .address import Address
-from .auth import RequestAuthenticator
-from .context import ALLOWED_METHODS, SUPPORTED_OPTIONS, EndpointContext
+from .context import ALLOWED_METHODS
 from .dialog import Dialog
 from .errors import LocalProtocolError, OfferRejected, RemoteProtocolError
 from .events import (
-    CallAnswered,
     CallConfirmed,
-    CallEnded,
     CallFailed,
-    CallProgress,
-    EarlyMedia,
     MediaUpdated,
 )
 from .message import Request, Response
-from .offer_answer import MediaSession, NegotiatedMedia
-from .sdp import SessionDescription, parse_sdp
-from .session_timer import SessionTimer
+from .offer_answer import NegotiatedMedia
+from .session_core import IN_PROGRESS, SDP_TYPE, CallState, PendingOffer
+from .session_uac import UacSession
 from .transaction import (
     ClientTransaction,
-    InviteClientTransaction,
     InviteServerTransaction,
     ServerTransaction,
-    TransactionState,
 )
 
-#: Client transaction states before the final response: our request is still "in progress".
-_IN_PROGRESS = frozenset({TransactionState.CALLING, TransactionState.TRYING, TransactionState.PROCEEDING})
-
-SDP_TYPE = "application/sdp"
+__all__ = ["SDP_TYPE", "CallState", "InviteSession"]
 
 
-class CallState(enum.Enum):
-    """Where a call stands, for either role."""
-
-    INITIAL = "initial"  # UAS: INVITE received. UAC: INVITE sent, nothing back yet.
-    EARLY = "early"  # a provisional response was sent/received
-    ANSWERED = "answered"  # UAS: 2xx sent, waiting for the ACK
-    CONFIRMED = "confirmed"
-    TERMINATED = "terminated"
-
-
-@dataclass
-class _PendingOffer:
-    """An offer we made in a 2xx (offerless INVITE) whose answer will come in the ACK."""
-
-    is_initial: bool
-
-
-class InviteSession:
+class InviteSession(UacSession):
     """A call: its dialog, its media negotiation and its INVITE transactions."""
 
-    def __init__(
-        self,
-        ctx: EndpointContext,
-        *,
-        call_id: str,
-        role: str,
-        media: MediaSession,
-        flow: Address,
-    ) -> None:
-        self.ctx = ctx
-        self.call_id = call_id
-        self.role = role  # "uas" or "uac"
-        self.media = media
-        self.flow = flow
-        self.state = CallState.INITIAL
-        self.dialog: Dialog | None = None
-        self.negotiated: NegotiatedMedia | None = None
-        self.timer = SessionTimer()
-        # UAS side
-        self.invite_tx: InviteServerTransaction | None = None
-        self._local_tag = ctx.new_token()
-        self._pending_offer: _PendingOffer | None = None
-        # re-INVITE we received and answered with 2xx, waiting for its ACK
-        self._reinvite_tx: InviteServerTransaction | None = None
-        # UAC side
-        self.invite: Request | None = None
-        self.uac_tx: InviteClientTransaction | None = None
-        self._auth: RequestAuthenticator | None = None
-        self._auth_attempts = 0
-        self._cancel_wanted = False
-        self._cancel_tx: ClientTransaction | None = None
-        #: §9.1: when to give up on a final response to the INVITE we CANCELled.
-        self._cancel_deadline: float | None = None
-        self._ack: Request | None = None
-        #: UAS hung up while its 2xx was unacknowledged: BYE once the ACK (or Timer L) comes.
-        self._bye_after_ack = False
-        # our own in-dialog INVITE/UPDATE (session refresh), for glare detection
-        self._local_reinvite: ClientTransaction | None = None
-        self._glare_retry_at: float | None = None
-        self._bye_tx: ClientTransaction | None = None
-
-    # ------------------------------------------------------------------ common helpers
-    @property
-    def finished(self) -> bool:
-        """True once nothing more can happen on this call (the endpoint may forget it)."""
-        if self.state is not CallState.TERMINATED or self._bye_after_ack:
-            return False
-        return self._bye_tx is None or self._bye_tx.terminated
-
+    # ------------------------------------------------------------------ timers
     def get_timer(self) -> float | None:
         """The session's own deadline (CANCEL give-up, session refresh/expiry, glare retry)."""
         if self.state in (CallState.INITIAL, CallState.EARLY):
@@ -164,38 +78,6 @@ class InviteSession:
         elif action == "expire":
             self._send_bye(now)
             self._end("session-expired", by_remote=False)
-
-    def _end(self, reason: str, *, by_remote: bool) -> None:
-        if self.state is CallState.TERMINATED:
-            return
-        self.state = CallState.TERMINATED
-        self.timer.stop()
-        self.ctx.emit(CallEnded(self.call_id, reason, by_remote))
-
-    def _with_sdp(self, message: Request | Response, sdp: SessionDescription) -> None:
-        message.headers.set("Content-Type", SDP_TYPE)
-        message.body = sdp.serialize()
-
-    def _body_sdp(self, message: Request | Response) -> SessionDescription | None:
-        if not message.body:
-            return None
-        if message.content_type() not in (None, SDP_TYPE):
-            raise RemoteProtocolError(f"unsupported body type {message.content_type()}", status_hint=415)
-        return parse_sdp(message.body)
-
-    def _decorate(self, message: Request | Response) -> None:
-        """Headers every request/response of ours carries; INVITE/UPDATE answers advertise what
-        we allow and support (peers pick UPDATE vs re-INVITE for refresh from them)."""
-        if isinstance(message, Request):
-            message.headers.set("User-Agent", self.ctx.config.user_agent)
-            return
-        message.headers.set("Server", self.ctx.config.user_agent)
-        if message.cseq().method in ("INVITE", "UPDATE"):
-            message.headers.set("Allow", ", ".join(ALLOWED_METHODS))
-            message.headers.set("Supported", ", ".join(sorted(SUPPORTED_OPTIONS)))
-
-    def _contact(self) -> str:
-        return self.ctx.config.contact_for(self.flow.transport)
 
     # ------------------------------------------------------------------ UAS: initial INVITE
     def start_uas(self, invite: Request, tx: InviteServerTransaction, now: float) -> bool:
@@ -255,7 +137,7 @@ class InviteSession:
             raise OfferRejected(str(exc), status=exc.status_hint) from exc
         if offer is None:
             self._with_sdp(response, self.media.create_offer())
-            self._pending_offer = _PendingOffer(is_initial=True)
+            self._pending_offer = PendingOffer(is_initial=True)
         else:
             try:
                 answer, negotiated = self.media.answer(offer)
@@ -367,7 +249,7 @@ class InviteSession:
 
         Not "its transaction is alive": a completed one lingers (Timer D, K, M) long after.
         """
-        return self._local_reinvite is not None and self._local_reinvite.state in _IN_PROGRESS
+        return self._local_reinvite is not None and self._local_reinvite.state in IN_PROGRESS
 
     def _on_reinvite(self, request: Request, tx: InviteServerTransaction, now: float) -> None:
         assert self.dialog is not None
@@ -422,7 +304,7 @@ class InviteSession:
             if allow_offerless:
                 # Offerless re-INVITE: we offer what we have now; the answer comes in the ACK.
                 self._with_sdp(response, self.media.create_offer())
-                self._pending_offer = _PendingOffer(is_initial=False)
+                self._pending_offer = PendingOffer(is_initial=False)
             return None
         unchanged = self.media.is_unchanged(offer)
         answer, negotiated = self.media.answer(offer)
@@ -430,21 +312,7 @@ class InviteSession:
         self.negotiated = negotiated
         return None if unchanged else negotiated
 
-    # ------------------------------------------------------------------ UAC
-    def start_uac(
-        self, invite: Request, destination: Address, auth: RequestAuthenticator | None, now: float
-    ) -> None:
-        """Send our INVITE (already carrying our SDP offer)."""
-        self.invite = invite
-        self._auth = auth
-        self._send_invite(destination, now)
-
-    def _send_invite(self, destination: Address, now: float) -> None:
-        assert self.invite is not None
-        tx = self.ctx.send_request(self.invite, destination, self, now)
-        assert isinstance(tx, InviteClientTransaction)
-        self.uac_tx = tx
-
+    # ------------------------------------------------------------------ responses
     def on_response(self, transaction: ClientTransaction, response: Response, now: float) -> None:
         """Responses to our INVITE, re-INVITE/UPDATE or BYE."""
         method = response.cseq().method
@@ -464,136 +332,6 @@ class InviteSession:
             # §14.1: a 408 or 481 to a re-INVITE ends the dialog.
             self._send_bye(now)
             self._end("refresh-timeout", by_remote=False)
-
-    def _on_invite_response(self, response: Response, now: float) -> None:
-        assert self.invite is not None and self.uac_tx is not None
-        status = response.status
-        if status < 200:
-            self._on_provisional(response, now)
-        elif status < 300:
-            self._on_invite_2xx(response, now)
-        elif not self._cancel_wanted and self._retried(response, now):
-            return
-        elif self.state in (CallState.INITIAL, CallState.EARLY):
-            if self._cancel_wanted:
-                # The app hung up: a 487, or whatever final error crossed our CANCEL.
-                self._end("cancelled", by_remote=False)
-            else:
-                self.state = CallState.TERMINATED
-                self.ctx.emit(CallFailed(self.call_id, status, response.reason))
-
-    def _retried(self, response: Response, now: float) -> bool:
-        """Challenges and 422 are answered by resending the INVITE, not by failing the call."""
-        if response.status in (401, 407):
-            return self._retry_with_auth(response, now)
-        if self._auth is not None:
-            # Any other final answer ends this round of challenges: a challenge to the retry
-            # that follows (after a 422) is a fresh one, not a sign of a wrong password.
-            self._auth.succeeded()
-        if response.status == 422:
-            return self._retry_with_min_se(response, now)
-        return False
-
-    def _on_provisional(self, response: Response, now: float) -> None:
-        if response.status == 100 or self.state not in (CallState.INITIAL, CallState.EARLY):
-            self._maybe_cancel(now)
-            return
-        self.state = CallState.EARLY
-        self.ctx.emit(CallProgress(self.call_id, response.status, response.reason))
-        sdp = self._safe_sdp(response)
-        if sdp is not None and self.negotiated is None:
-            try:
-                self.negotiated = self.media.process_answer(sdp)
-            except OfferRejected:
-                return
-            self.ctx.emit(EarlyMedia(self.call_id, self.negotiated))
-        self._maybe_cancel(now)
-
-    def _safe_sdp(self, message: Request | Response) -> SessionDescription | None:
-        try:
-            return self._body_sdp(message)
-        except RemoteProtocolError:
-            return None
-
-    def _on_invite_2xx(self, response: Response, now: float) -> None:
-        assert self.invite is not None
-        if self.dialog is None:
-            self.dialog = Dialog.as_uac(self.invite, response, self.flow)
-        elif not self.dialog.matches(response):
-            # A 2xx from a second fork: ACK it and hang that leg up (we keep one dialog).
-            fork = Dialog.as_uac(self.invite, response, self.flow)
-            self._ack_2xx(fork, now)
-            bye, destination = self._in_dialog_request(fork, "BYE")
-            self.ctx.send_request(bye, destination, self, now)
-            return
-        self._ack_2xx(self.dialog, now)
-        if self.state is CallState.CONFIRMED or self.state is CallState.TERMINATED:
-            return  # retransmitted 2xx: re-ACKed above
-        if self._cancel_wanted:
-            self.state = CallState.CONFIRMED
-            self._send_bye(now)
-            self._end("cancelled", by_remote=False)
-            return
-        sdp = self._safe_sdp(response)
-        media = self.negotiated
-        if sdp is not None:
-            try:
-                media = self.negotiated = self.media.process_answer(sdp)
-            except OfferRejected:
-                self.state = CallState.CONFIRMED
-                self._send_bye(now)
-                self._end("bad-answer", by_remote=False)
-                return
-        self.state = CallState.CONFIRMED
-        self.timer.negotiate_uac(response, self.ctx.config.session_expires)
-        self.timer.start(now)
-        self.ctx.emit(CallAnswered(self.call_id, media))
-
-    def _ack_2xx(self, dialog: Dialog, now: float) -> None:
-        assert self.invite is not None
-        if self._ack is None or dialog is not self.dialog:
-            ack, destination = self._in_dialog_request(dialog, "ACK", seq=self.invite.cseq().seq)
-            for name in ("Authorization", "Proxy-Authorization"):
-                value = self.invite.headers.get(name)
-                if value is not None:
-                    ack.headers.add(name, value)
-            if dialog is not self.dialog:
-                self.ctx.send_stateless(ack, destination)
-                return
-            self._ack = ack
-        self.ctx.send_stateless(self._ack, dialog.destination())
-
-    def _retry_with_auth(self, response: Response, now: float) -> bool:
-        assert self.invite is not None and self.uac_tx is not None
-        if self._auth is None:
-            return False
-        retry = self._auth.retry(self.invite, response, self.ctx.new_branch())
-        if retry is None:
-            return False
-        self.invite = retry
-        self._send_invite(self.uac_tx.destination, now)
-        return True
-
-    def _retry_with_min_se(self, response: Response, now: float) -> bool:
-        assert self.invite is not None and self.uac_tx is not None
-        retry = self.timer.retry_after_422(self.invite, response, self.ctx.new_branch())
-        if retry is None:
-            return False
-        self.invite = retry
-        self._send_invite(self.uac_tx.destination, now)
-        return True
-
-    def _maybe_cancel(self, now: float) -> None:
-        if not self._cancel_wanted or self._cancel_tx is not None or self.uac_tx is None:
-            return  # one CANCEL is enough; its transaction retransmits it
-        # §9.1: only once *this* INVITE transaction has had a provisional response (a 100 to an
-        # INVITE that was then challenged does not make the retry cancellable).
-        if not self.uac_tx.cancellable:
-            return
-        cancel = self.uac_tx.cancel_request()
-        self._decorate(cancel)
-        self._cancel_tx = self.ctx.send_request(cancel, self.uac_tx.destination, self, now)
-        self._cancel_deadline = now + self.uac_tx.config.timeout
 
     # ------------------------------------------------------------------ hang-up
     def hangup(self, now: float) -> None:
@@ -630,22 +368,6 @@ class InviteSession:
             self._send_bye(now)
             self._end("ack-timeout", by_remote=False)
 
-    def _send_bye(self, now: float) -> None:
-        if self.dialog is None or self._bye_tx is not None:
-            return
-        bye, destination = self._in_dialog_request(self.dialog, "BYE")
-        self._bye_tx = self.ctx.send_request(bye, destination, self, now)
-
-    def _in_dialog_request(
-        self, dialog: Dialog, method: str, *, seq: int | None = None
-    ) -> tuple[Request, Address]:
-        """A new in-dialog request with our Via for the transport it will travel on."""
-        destination = dialog.destination()
-        via = self.ctx.config.via_for(destination.transport, self.ctx.new_branch())
-        request = dialog.create_request(method, via, seq=seq)
-        self._decorate(request)
-        return request, destination
-
     # ------------------------------------------------------------------ session refresh
     def _send_refresh(self, now: float) -> None:
         if self.dialog is None or self._local_request_pending():
@@ -656,8 +378,7 @@ class InviteSession:
         self.timer.decorate_refresh(request)
         if method == "INVITE":
             # Same SDP, same o= version: nothing changed, so the peer need not touch media.
-            direction = self.negotiated.local_direction if self.negotiated is not None else "sendrecv"
-            self._with_sdp(request, self.media.create_offer(direction))
+            self._with_sdp(request, self.media.refresh_offer())
         self._local_reinvite = self.ctx.send_request(request, destination, self, now)
 
     def _take_refresh_answer(self, response: Response) -> None:
