@@ -212,3 +212,19 @@ def test_refresh_that_times_out_ends_the_call_with_bye() -> None:
     net.run(until=100.0)
     assert alice.of(CallEnded) == [CallEnded(call_id, "refresh-timeout", by_remote=False)]
     assert alice.times(CallEnded) == [pytest.approx(0.02 + 45 + 32)]
+
+
+def test_refresh_asking_for_less_than_min_se_is_refused_with_422() -> None:
+    headers = [("Supported", "timer"), ("Session-Expires", "120;refresher=uac"), ("Allow", WITH_UPDATE)]
+    net, bob, carrier = inbound(headers)
+    net.run(until=1.0)
+    update = carrier.dialog.request("UPDATE", headers=[("Session-Expires", "30;refresher=uac")])
+    carrier.peer.send(update, BOB)
+    net.run(until=2.0)
+    refused = carrier.peer.responses(422, "UPDATE")
+    assert refused and refused[0].headers.get("Min-SE") == "90"
+    # The session keeps its old interval: with no refresh, Bob ends it at 120 - 32 s as before.
+    net.run(until=200.0)
+    ended = bob.of(CallEnded)
+    assert [e.reason for e in ended] == ["session-expired"]
+    assert bob.times(CallEnded)[0] == pytest.approx(bob.times(CallConfirmed)[0] + 88, abs=0.1)

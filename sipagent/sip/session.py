@@ -261,39 +261,39 @@ class InviteSession(UacSession):
             response.headers.set("Retry-After", "1")
             self._respond(tx, response, now)
             return
-        response = self._dialog_response(request, 200)
-        try:
-            media = self._answer_in_dialog(request, response)
-        except OfferRejected as exc:
-            self._respond(tx, request.response(exc.status, str(exc)[:80]), now)
-            return
-        except (RemoteProtocolError, LocalProtocolError) as exc:
-            self._respond(tx, request.response(exc.status_hint, exc.reason), now)
-            return
-        self.dialog.refresh_target(request)
-        self.timer.on_refresh_request(request, response, now, self.ctx.config.min_se)
-        self._reinvite_tx = tx
-        self._respond(tx, response, now)
-        if media is not None:
-            self.ctx.emit(MediaUpdated(self.call_id, media))
+        if self._accept_refresh(request, tx, now, allow_offerless=True):
+            self._reinvite_tx = tx  # its 2xx waits for an ACK
 
     def _on_update(self, request: Request, tx: ServerTransaction, now: float) -> None:
+        self._accept_refresh(request, tx, now, allow_offerless=False)
+
+    def _accept_refresh(
+        self, request: Request, tx: ServerTransaction, now: float, *, allow_offerless: bool
+    ) -> bool:
+        """Answer a re-INVITE or UPDATE with 200 and our SDP, or with the error refusing it."""
         assert self.dialog is not None
+        floor = self.timer.too_brief(request, self.ctx.config.min_se)
+        if floor is not None:
+            response = request.response(422)
+            response.headers.set("Min-SE", str(floor))
+            self._respond(tx, response, now)
+            return False
         response = self._dialog_response(request, 200)
         try:
-            media = self._answer_in_dialog(request, response, allow_offerless=False)
+            media = self._answer_in_dialog(request, response, allow_offerless=allow_offerless)
         except OfferRejected as exc:
             self._respond(tx, request.response(exc.status, str(exc)[:80]), now)
-            return
+            return False
         except (RemoteProtocolError, LocalProtocolError) as exc:
             # LocalProtocolError(491): an offer while ours is outstanding (RFC 3311 §5.2).
             self._respond(tx, request.response(exc.status_hint, exc.reason), now)
-            return
+            return False
         self.dialog.refresh_target(request)
-        self.timer.on_refresh_request(request, response, now, self.ctx.config.min_se)
+        self.timer.on_refresh_request(request, response, now)
         self._respond(tx, response, now)
         if media is not None:
             self.ctx.emit(MediaUpdated(self.call_id, media))
+        return True
 
     def _answer_in_dialog(
         self, request: Request, response: Response, *, allow_offerless: bool = True

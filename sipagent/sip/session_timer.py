@@ -138,15 +138,22 @@ class SessionTimer:
             request.headers.set("Session-Expires", f"{self.interval};refresher=uac")
         request.headers.set("Supported", "timer")
 
-    def on_refresh_request(self, request: Request, response: Response, now: float, min_se: int) -> None:
-        """The peer's re-INVITE/UPDATE: it may change the interval or the refresher."""
+    def too_brief(self, request: Request, min_se: int) -> int | None:
+        """The Min-SE to demand in a 422 when a refresh asks for less than we accept, else None."""
+        parsed = _parse_session_expires(request)
+        floor = max(min_se, ABSOLUTE_MIN_SE)
+        return floor if parsed is not None and parsed[0] < floor else None
+
+    def on_refresh_request(self, request: Request, response: Response, now: float) -> None:
+        """The peer's re-INVITE/UPDATE (already checked by :meth:`too_brief`): it may change the
+        interval or the refresher."""
         self._learn_peer(request)
         parsed = _parse_session_expires(request)
         if parsed is None:
             self.interval = None
             self.deadline = None
             return
-        self.interval = max(parsed[0], min_se, ABSOLUTE_MIN_SE)
+        self.interval = parsed[0]
         refresher = parsed[1] or "uac"
         # In the peer's request, "uac" is the peer.
         self.we_refresh = refresher == "uas"
