@@ -71,12 +71,12 @@ class SipSettings(_Section):
             raise ValueError("transport 'tls' needs tls_cert and tls_key")
         return self
 
-    @property
-    def advertised_host(self) -> str:
-        """What goes in Via/Contact/SDP."""
+    def advertised_host(self, wildcard_fallback: str) -> str:
+        """What goes in Via/Contact/SDP: the public address, else the bind address, else (bound to
+        every interface) ``wildcard_fallback``, the primary interface's address."""
         if self.public_address:
             return self.public_address
-        return "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
+        return wildcard_fallback if self.bind in ("0.0.0.0", "::") else self.bind
 
 
 class RtpSettings(_Section):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .net.rtp_socket import Addr, PortRangeExhausted, RtpSocket, open_rtp_socket
-from .net.sip_transport import SipNetwork
+from .net.sip_transport import SipNetwork, default_local_address
 from .rtp.echo import EchoStream
 from .sip.address import Address, uri_address
 from .sip.context import EndpointConfig
@@ -115,8 +115,14 @@ class Server:
             for name in ("udp", "tcp"):
                 if name in ports:
                     ports[name] = sip.public_port
+        advertised = sip.advertised_host(default_local_address())
+        if not sip.public_address and sip.bind in ("0.0.0.0", "::"):
+            log.warning(
+                "no sip.public_address set: advertising %s; behind NAT set it to the public address",
+                advertised,
+            )
         config = EndpointConfig(
-            public_host=sip.advertised_host,
+            public_host=advertised,
             ports={k: v for k, v in ports.items() if k in ("udp", "tcp", "tls")},  # type: ignore[misc]
             user_agent=sip.user_agent,
             session_expires=sip.session_expires or None,
@@ -130,7 +136,7 @@ class Server:
             self.settings.mode,
             sip.bind,
             ", ".join(f"{k}/{v}" for k, v in network.bound.items()),
-            sip.advertised_host,
+            advertised,
         )
         self._attach_trunk()
 

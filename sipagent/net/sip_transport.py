@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -46,6 +47,22 @@ def _trace(data: bytes) -> str:
         line.split(":", 1)[0] + ": <redacted>" if line.lower().startswith(_REDACTED_HEADERS) else line
         for line in lines
     )
+
+
+def default_local_address() -> str:
+    """The address of the interface that holds the default route, or 127.0.0.1 without one.
+
+    Connecting a UDP socket only asks the kernel for a route: no packet is sent. 192.0.2.1 is
+    TEST-NET-1, so the answer is the route to "anywhere", not to a real host.
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))
+        return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
 
 
 def _is_ip(host: str) -> bool:

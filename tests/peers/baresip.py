@@ -35,11 +35,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from tests.peers.ports import HOST, free_port_block, free_tcp_port, is_port_bound
-from tests.peers.proc import ManagedProcess, ProcessError
+from tests.peers.proc import Lifecycle, ManagedProcess, ProcessError
 
 BARESIP = "baresip"
 MODULE_PATH = "/usr/lib/baresip/modules"
@@ -90,7 +89,7 @@ def _free_sip_port_with_tls_neighbour() -> int:
     raise RuntimeError("no free port pair for baresip SIP/TLS")
 
 
-class Baresip:
+class Baresip(Lifecycle):
     """A baresip instance for one test (context manager).
 
     Args:
@@ -318,18 +317,6 @@ class Baresip:
         if self.process is None:
             raise ProcessError("baresip not started")
         return self.process.wait(timeout=timeout)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- control -------------------------------------------------------------------------------------
 

@@ -24,12 +24,10 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from tests.peers.pcap import UdpPacket, read_udp_packets
 from tests.peers.ports import HOST, free_udp_port
-from tests.peers.proc import ManagedProcess, ProcessError
+from tests.peers.proc import Lifecycle, ManagedProcess, ProcessError
 
 DUMPCAP = "dumpcap"
 
@@ -47,7 +45,7 @@ def is_rtcp(payload: bytes) -> bool:
     return len(payload) >= 8 and payload[0] >> 6 == 2 and payload[1] in _RTCP_TYPES
 
 
-class LoopbackCapture:
+class LoopbackCapture(Lifecycle):
     """Capture UDP packets to/from ``ports`` on ``lo`` for the duration of a ``with`` block.
 
     After the block, :meth:`counts` gives ``{(src_port, dst_port): packets}``; :meth:`rtp_count` counts
@@ -131,18 +129,6 @@ class LoopbackCapture:
         self._packets = [
             p for p in read_udp_packets(self.pcap_path) if self.sentinel_port not in (p.src[1], p.dst[1])
         ]
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- results -------------------------------------------------------------------------------------
 

@@ -32,11 +32,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 from tests.peers.ports import HOST, free_sip_port, free_tcp_port
-from tests.peers.proc import ManagedProcess, ProcessError
+from tests.peers.proc import Lifecycle, ManagedProcess, ProcessError
 from tests.peers.sipmsg import options_ping_udp
 
 KAMAILIO = "kamailio"
@@ -102,7 +101,7 @@ def _check_safe(what: str, value: str) -> str:
     return value
 
 
-class Kamailio:
+class Kamailio(Lifecycle):
     """A kamailio instance for one test; use as a context manager.
 
     Args:
@@ -231,18 +230,6 @@ class Kamailio:
         """Stop kamailio (SIGTERM to its process group, then SIGKILL)."""
         if self.process is not None:
             self.process.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- logs ----------------------------------------------------------------------------------------
 

@@ -20,11 +20,35 @@ from types import TracebackType
 from typing import Self
 
 
+class Lifecycle:
+    """``start()`` on entering a ``with`` block, ``stop()`` on leaving it, whatever happened inside."""
+
+    def start(self) -> None:
+        """Start the peer."""
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        """Stop the peer (idempotent)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 class ProcessError(RuntimeError):
     """A peer process failed to start, died early, or did not show an expected log line in time."""
 
 
-class ManagedProcess:
+class ManagedProcess(Lifecycle):
     """Run ``argv`` in its own session with stdout/stderr captured to ``<logdir>/<name>.stdout|stderr``.
 
     Use as a context manager; on exit the process group is terminated (then killed after
@@ -116,18 +140,6 @@ class ManagedProcess:
         if self._proc is None:
             raise ProcessError(f"{self.name} not started")
         return self._proc
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- output --------------------------------------------------------------------------------------
 

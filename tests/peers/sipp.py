@@ -31,12 +31,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 from tests.peers.audio import write_test_pcap
 from tests.peers.ports import HOST, free_port_block, free_sip_port, is_port_bound
-from tests.peers.proc import ManagedProcess, ProcessError
+from tests.peers.proc import Lifecycle, ManagedProcess, ProcessError
 from tests.peers.sipmsg import SipMessage, parse_sipp_message_log
 
 SIPP = "sipp"
@@ -309,7 +308,7 @@ def _prepare_keys(
     return merged, duration_ms
 
 
-class SippProcess:
+class SippProcess(Lifecycle):
     """sipp running in the background; use as a context manager (stopped with SIGUSR1, then killed).
 
     Ports default to fresh free ones: ``local_port`` (SIP, free on UDP and TCP) and ``media_port``
@@ -427,18 +426,6 @@ class SippProcess:
             expected_calls=self.calls,
             stats=parse_stat_file(self.workdir / "stats.csv"),
         )
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.process.stop()
 
 
 def run_sipp(
