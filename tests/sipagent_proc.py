@@ -25,13 +25,19 @@ class SipagentServer:
     config_text: str | None = None
     sip_port: int = field(default_factory=free_sip_port)
     tls_port: int | None = None
-    rtp_min: int = field(default_factory=lambda: free_port_block(RTP_PORTS))
+    #: How many RTP ports (even and odd) the server may use.
+    rtp_port_count: int = RTP_PORTS
+    rtp_min: int = 0
     process: ManagedProcess | None = None
+
+    def __post_init__(self) -> None:
+        if not self.rtp_min:
+            self.rtp_min = free_port_block(self.rtp_port_count)
 
     @property
     def rtp_ports(self) -> list[int]:
         """Every port the server may use for RTP."""
-        return list(range(self.rtp_min, self.rtp_min + RTP_PORTS))
+        return list(range(self.rtp_min, self.rtp_min + self.rtp_port_count))
 
     @property
     def address(self) -> str:
@@ -42,7 +48,12 @@ class SipagentServer:
         """The command line (``serve`` by default; ``call TARGET`` for outbound tests)."""
         argv = [sys.executable, "-m", "sipagent", command, *args]
         argv += ["--sip-bind", HOST, "--sip-port", str(self.sip_port), "--log-level", "debug"]
-        argv += ["--rtp-port-min", str(self.rtp_min), "--rtp-port-max", str(self.rtp_min + RTP_PORTS)]
+        argv += [
+            "--rtp-port-min",
+            str(self.rtp_min),
+            "--rtp-port-max",
+            str(self.rtp_min + self.rtp_port_count),
+        ]
         for transport in self.transports:
             argv += ["--transport", transport]
         if self.tls_port is not None:
