@@ -1,0 +1,312 @@
+"""The whole-call captures in ``fixtures/`` are what ``fixtures/manifest.json`` says they are.
+
+Each fixture is read with :func:`sipagent.pcapio.read_udp` and checked against its manifest entry:
+the INVITE's SDP names the caller RTP endpoint, the caller leg has the stated packet count, strictly
+increasing sequence numbers and 20 ms timestamp spacing, DTMF calls carry their digits (RFC 4733
+payloads parsed here, independently of sipagent's DTMF code), speech is audible over a quiet but
+non-zero noise floor, and ``scripts/make_fixtures.py`` rebuilds a fixture byte for byte.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from sipagent.pcapio import UdpDatagram, read_udp
+from sipagent.rtp.packet import RtpPacket, is_rtcp_packet
+from sipagent.sip.errors import RemoteProtocolError
+from sipagent.sip.message import Request, Response, parse_message
+from sipagent.sip.sdp import parse_sdp
+from tests.peers.audio import ulaw_decode
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+SCRIPT = REPO / "scripts" / "make_fixtures.py"
+SPEECH_DIR = REPO.parent / "shared" / "speech"
+MAX_TOTAL_BYTES = 15 * 1024 * 1024
+SAMPLES_PER_PACKET = 160  # 20 ms at 8 kHz
+DTMF_DIGITS = "0123456789*#ABCD"
+
+
+def _manifest() -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]
+    return entries
+
+
+ENTRIES = _manifest()
+BY_FILE = {e["file"]: e for e in ENTRIES}
+
+
+def _endpoint(entry: dict[str, Any], key: str) -> tuple[str, int]:
+    return entry[key]["address"], int(entry[key]["port"])
+
+
+@cache
+def _datagrams(file: str) -> tuple[UdpDatagram, ...]:
+    return tuple(read_udp(FIXTURES / file))
+
+
+@dataclass(frozen=True)
+class Sent:
+    time: float
+    packet: RtpPacket
+
+
+def _leg(file: str, src: tuple[str, int], dst: tuple[str, int]) -> list[Sent]:
+    return [
+        Sent(d.time, RtpPacket.parse(d.payload))
+        for d in _datagrams(file)
+        if d.src == src and d.dst == dst and not is_rtcp_packet(d.payload)
+    ]
+
+
+def _caller_leg(entry: dict[str, Any]) -> list[Sent]:
+    return _leg(entry["file"], _endpoint(entry, "caller_rtp"), _endpoint(entry, "agent_rtp"))
+
+
+def _sip(file: str) -> list[tuple[UdpDatagram, Request | Response]]:
+    messages = []
+    for d in _datagrams(file):
+        if not d.payload or d.payload[0] & 0xC0 == 0x80:  # RTP/RTCP version 2; SIP starts with ASCII
+            continue
+        try:
+            messages.append((d, parse_message(d.payload)))
+        except RemoteProtocolError:
+            continue
+    return messages
+
+
+def _unwrap(values: list[int], modulus: int) -> list[int]:
+    """Extended sequence numbers / timestamps (RFC 3550 A.1), so a wrap is not a step back."""
+    out = values[:1]
+    for value in values[1:]:
+        step = (value - out[-1]) % modulus
+        out.append(out[-1] + (step - modulus if step > modulus // 2 else step))
+    return out
+
+
+@dataclass(frozen=True)
+class Event:
+    digit: str
+    end: bool
+    duration: int
+
+
+def _event(payload: bytes) -> Event:
+    """RFC 4733 §2.3: event (8 bits), E R volume (1+1+6), duration (16)."""
+    assert len(payload) == 4, payload
+    return Event(DTMF_DIGITS[payload[0]], bool(payload[1] & 0x80), int.from_bytes(payload[2:4], "big"))
+
+
+def _pcm(packets: list[Sent]) -> npt.NDArray[np.float64]:
+    audio = [s.packet.payload for s in packets if s.packet.payload_type == 0]
+    return ulaw_decode(b"".join(audio)).astype(np.float64)
+
+
+def _frame_dbfs(pcm: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    frames = pcm[: len(pcm) // SAMPLES_PER_PACKET * SAMPLES_PER_PACKET].reshape(-1, SAMPLES_PER_PACKET)
+    rms = np.sqrt(np.mean(frames * frames, axis=1))
+    return np.asarray(20 * np.log10(np.maximum(rms, 1e-3) / 32767), dtype=np.float64)
+
+
+# --- the set as a whole ---------------------------------------------------------------------------
+
+
+def test_manifest_lists_existing_files_and_the_set_is_small() -> None:
+    files = [e["file"] for e in ENTRIES]
+    assert len(files) == len(set(files))
+    for file in files:
+        assert (FIXTURES / file).is_file(), file
+    on_disk = {p.name for p in FIXTURES.glob("*.pcap")}
+    assert on_disk == set(files), "a pcap in fixtures/ without a manifest entry, or the reverse"
+    total = sum(p.stat().st_size for p in FIXTURES.iterdir() if p.is_file())
+    assert total < MAX_TOTAL_BYTES
+
+
+def test_every_fixture_the_script_makes_is_in_the_manifest_and_readme() -> None:
+    listed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--list"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split("\n")
+    made = {line.split()[0] + ".pcap" for line in listed if line.strip()}
+    synthetic = {e["file"] for e in ENTRIES if not e["recorded"]}
+    assert made == synthetic
+    readme = (FIXTURES / "README.md").read_text()
+    for entry in ENTRIES:
+        assert f"`{entry['file']}`" in readme, f"{entry['file']} missing from fixtures/README.md"
+
+
+# --- per fixture ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file", sorted(BY_FILE))
+def test_invite_offers_the_caller_leg_and_the_call_completes(file: str) -> None:
+    entry = BY_FILE[file]
+    messages = _sip(file)
+    invites = [(d, m) for d, m in messages if isinstance(m, Request) and m.method == "INVITE"]
+    assert invites, "no INVITE"
+    datagram, invite = invites[0]
+    assert (datagram.src, datagram.dst) == (_endpoint(entry, "caller_sip"), _endpoint(entry, "agent_sip"))
+    assert invite.call_id() == entry["call_id"]
+    offer = parse_sdp(invite.body)
+    audio = next(m for m in offer.media if m.media == "audio")
+    connection = offer.media_connection(audio)
+    assert connection is not None
+    assert (connection.address, audio.port) == _endpoint(entry, "caller_rtp")
+    assert {0, 101} <= set(audio.payload_types())
+    answers = [m for _, m in messages if isinstance(m, Response) and m.status == 200]
+    assert [a.cseq().method for a in answers][:1] == ["INVITE"]
+    answer = parse_sdp(answers[0].body)
+    answer_connection = answer.media_connection(answer.media[0])
+    assert answer_connection is not None
+    assert (answer_connection.address, answer.media[0].port) == _endpoint(entry, "agent_rtp")
+    methods = [m.method for _, m in messages if isinstance(m, Request)]
+    assert "ACK" in methods and "BYE" in methods
+    assert answers[-1].cseq().method == "BYE"
+
+
+@pytest.mark.parametrize("file", sorted(BY_FILE))
+def test_caller_leg_count_sequence_and_20ms_clock(file: str) -> None:
+    entry = BY_FILE[file]
+    leg = _caller_leg(entry)
+    assert len(leg) == entry["packet_count"]
+    assert len({s.packet.ssrc for s in leg}) == 1
+    event_pt = entry.get("event_payload_type")
+    sequence = _unwrap([s.packet.sequence_number for s in leg], 1 << 16)
+    for i in range(1, len(leg)):
+        if sequence[i] > sequence[i - 1]:
+            continue
+        # sipp's RFC 2833 pcaps resend the end packet with the same sequence number.
+        repeat = leg[i].packet.payload == leg[i - 1].packet.payload and leg[i].packet.payload_type == event_pt
+        assert entry.get("rtp_end_retransmit_same_seq") and repeat, f"sequence step back at packet {i}"
+        assert _event(leg[i].packet.payload).end
+    timestamps = _unwrap([s.packet.timestamp for s in leg], 1 << 32)
+    audio = [(s, ts) for s, ts in zip(leg, timestamps, strict=True) if s.packet.payload_type != event_pt]
+    events = [(s, ts) for s, ts in zip(leg, timestamps, strict=True) if s.packet.payload_type == event_pt]
+    first_time, first_ts = leg[0].time, timestamps[0]
+    # Within a recording, scheduling jitter of the real peer; in a synthetic call, < 1 ms by construction.
+    tolerance = 0.060 if entry["recorded"] else 0.002
+    for (prev, prev_ts), (cur, cur_ts) in itertools.pairwise(audio):
+        step = cur_ts - prev_ts
+        assert step > 0 and step % SAMPLES_PER_PACKET == 0, f"timestamp step {step}"
+        if cur.packet.sequence_number == (prev.packet.sequence_number + 1) & 0xFFFF:
+            assert step == SAMPLES_PER_PACKET  # no event in between: exactly 20 ms
+    for sent, ts in audio:  # RTP time follows the capture clock
+        assert abs((sent.time - first_time) - (ts - first_ts) / 8000) < tolerance
+    for _, ts in events:  # an event starts on the 20 ms grid of the audio
+        assert (ts - first_ts) % SAMPLES_PER_PACKET == 0
+    if audio:
+        assert audio[0][0].packet.marker  # start of the first talkspurt
+    if not entry["recorded"]:
+        gaps = [b.time - a.time for a, b in itertools.pairwise(leg)]
+        assert min(gaps) > 0.018 and max(gaps) < 0.022
+
+
+@pytest.mark.parametrize("file", sorted(f for f, e in BY_FILE.items() if "digits" in e))
+def test_dtmf_fixtures_carry_their_digits(file: str) -> None:
+    entry = BY_FILE[file]
+    leg = _caller_leg(entry)
+    event_pt = entry["event_payload_type"]
+    groups: dict[int, list[tuple[int, Event]]] = {}
+    for index, sent in enumerate(leg):
+        if sent.packet.payload_type == event_pt:
+            groups.setdefault(sent.packet.timestamp, []).append((index, _event(sent.packet.payload)))
+    digits = ""
+    for packets in groups.values():
+        events = [e for _, e in packets]
+        assert len({e.digit for e in events}) == 1
+        durations = [e.duration for e in events]
+        assert durations == sorted(durations) and durations[0] >= 0
+        ends = [e for e in events if e.end]
+        assert len(ends) == 3 and events[-3:] == ends, "the end packet is sent 3 times, last"
+        assert leg[packets[0][0]].packet.marker  # RFC 4733 §2.5.1.3: marker on an event's first packet
+        digits += events[0].digit
+        if not entry["recorded"]:
+            spec = next(s for s in entry["events"] if s["digit"] == events[0].digit)
+            assert ends[0].duration == spec["duration_ms"] * 8
+            first, last = packets[0][0], packets[-1][0]
+            # Audio pauses during the event: its packets are consecutive on the leg.
+            assert last - first + 1 == len(packets)
+            assert leg[first].time - leg[0].time == pytest.approx(spec["at_s"], abs=0.002)
+    assert digits == entry["digits"]
+
+
+SPEECH = sorted(f for f, e in BY_FILE.items() if "transcript" in e and "digits" not in e)
+
+
+@pytest.mark.parametrize("file", SPEECH)
+def test_speech_fixtures_are_audible_over_a_nonzero_noise_floor(file: str) -> None:
+    entry = BY_FILE[file]
+    levels = _frame_dbfs(_pcm(_caller_leg(entry)))
+    assert levels.max() > -30, "no loud frame: silent capture?"
+    assert (levels > -40).sum() * 0.02 >= 0.4, "less than 0.4 s of speech-level audio"
+    if "speech_at_s" in entry:
+        lead = levels[: round(entry["speech_at_s"][0] / 0.02)]
+        assert len(lead) and lead.max() < -40, "the lead-in should be silence-level"
+        assert lead.min() > -75, "the lead-in is noise, not digital zeros"
+
+
+def test_two_turns_has_a_quiet_pause_between_two_loud_turns() -> None:
+    entry = BY_FILE["two-turns.pcap"]
+    levels = _frame_dbfs(_pcm(_caller_leg(entry)))
+    first, second = entry["turns"]
+    pause = levels[round(first["voice_activity_s"][1] / 0.02) : round(second["voice_activity_s"][0] / 0.02)]
+    assert len(pause) * 0.02 >= entry["pause_s"]
+    assert pause.max() < -40 and pause.min() > -75
+    for turn in entry["turns"]:
+        start, end = (round(t / 0.02) for t in turn["voice_activity_s"])
+        assert levels[start:end].max() > -30
+
+
+def test_tone_sweep_tones_are_at_their_frequency_and_level() -> None:
+    entry = BY_FILE["tone-sweep.pcap"]
+    pcm = _pcm(_caller_leg(entry))
+    for segment in entry["segments"]:
+        part = pcm[round(segment["start_s"] * 8000) : round(segment["end_s"] * 8000)]
+        if segment["kind"] == "silence":
+            assert not part.any()
+        elif segment["kind"] == "tone":
+            inner = part[400:-400]  # past the 10 ms fades
+            spectrum = np.abs(np.fft.rfft(inner * np.hanning(len(inner))))
+            peak_hz = np.argmax(spectrum) * 8000 / len(inner)
+            assert peak_hz == pytest.approx(segment["freq_hz"], abs=5)
+            level = 20 * math.log10(np.sqrt(2) * np.sqrt(np.mean(inner * inner)) / 32767)
+            assert level == pytest.approx(segment["level_dbfs"], abs=0.5)
+
+
+@pytest.mark.parametrize("file", sorted(f for f, e in BY_FILE.items() if e["recorded"]))
+def test_recorded_calls_have_the_echo_leg(file: str) -> None:
+    entry = BY_FILE[file]
+    echo = _leg(file, _endpoint(entry, "agent_rtp"), _endpoint(entry, "caller_rtp"))
+    assert len(echo) == entry["echo_packet_count"] > 0
+    caller = _caller_leg(entry)
+    assert [s.packet.payload for s in echo] == [s.packet.payload for s in caller]
+    assert {s.packet.ssrc for s in echo}.isdisjoint({s.packet.ssrc for s in caller})
+
+
+# --- the script -----------------------------------------------------------------------------------
+
+
+def test_make_fixtures_is_deterministic(tmp_path: Path) -> None:
+    names = ["dtmf-1234"]
+    if (SPEECH_DIR / "cards-001.wav").is_file():
+        names.append("speech-cards-001")  # exercises the resampler and the noise floor too
+    argv = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--speech-dir", str(SPEECH_DIR)]
+    for name in names:
+        argv += ["--only", name]
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    rebuilt = {e["file"]: e for e in json.loads((tmp_path / "manifest.json").read_text())["fixtures"]}
+    for name in names:
+        file = f"{name}.pcap"
+        assert (tmp_path / file).read_bytes() == (FIXTURES / file).read_bytes(), f"{file} differs"
+        assert rebuilt[file] == BY_FILE[file]
