@@ -150,3 +150,65 @@ async def _call(settings: Settings, target: SipUri, duration: float, answer_time
         await server.stop()
     click.echo(f"outcome: {outcome}")
     return isinstance(outcome, CallAnswered)
+
+
+@main.command()
+@click.argument("capture", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--realtime/--fast",
+    default=False,
+    help="Pace the caller's audio in real time (default: as fast as possible).",
+)
+@click.option("--loss", type=click.FloatRange(0, 1), default=0.0, help="Drop this fraction of packets.")
+@click.option(
+    "--jitter-ms", type=click.FloatRange(0, 2000), default=0.0, help="Mean extra delay (exponential)."
+)
+@click.option(
+    "--reorder", type=click.FloatRange(0, 1), default=0.0, help="Hold this fraction behind the next."
+)
+@click.option("--duplicate", type=click.FloatRange(0, 1), default=0.0, help="Deliver this fraction twice.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the impairments.")
+@click.option("--ssrc", type=str, help="Replay the RTP flow with this SSRC (decimal or 0x hex).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines, one object per event.")
+def replay(
+    capture: Path,
+    realtime: bool,
+    loss: float,
+    jitter_ms: float,
+    reorder: float,
+    duplicate: float,
+    seed: int,
+    ssrc: str | None,
+    as_json: bool,
+) -> None:
+    """Feed CAPTURE's caller RTP through the media engine and print what it heard."""
+    from .pcapio import PcapError
+    from .replay.capture import CaptureError, load_caller_leg
+    from .replay.impair import Impairments
+    from .replay.runner import Replay, ReplayEvent
+
+    try:
+        ssrc_value = int(ssrc, 0) if ssrc is not None else None
+    except ValueError:
+        raise click.BadParameter(f"{ssrc!r} is not a number", param_hint="--ssrc") from None
+    try:
+        leg = load_caller_leg(capture, ssrc=ssrc_value)
+    except (PcapError, CaptureError) as exc:
+        raise click.ClickException(str(exc)) from None
+    impairments = Impairments(loss=loss, jitter_ms=jitter_ms, reorder=reorder, duplicate=duplicate, seed=seed)
+    runner = Replay(leg, impairments)
+
+    def emit(event: ReplayEvent) -> None:
+        click.echo(event.as_json() if as_json else event.as_text())
+
+    if not as_json:
+        click.echo(
+            f"{capture}: {len(leg.packets)} caller packets, {leg.codec} (PT {leg.payload_type})"
+            f", telephone-event PT {leg.dtmf_payload_type}"
+        )
+        for note in leg.notes:
+            click.echo(f"  {note}")
+    if realtime:
+        asyncio.run(runner.run_realtime(emit))
+    else:
+        runner.run_fast(emit)

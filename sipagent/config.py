@@ -47,6 +47,9 @@ class SipSettings(_Section):
     tls_key: Path | None = None
     #: Verify the certificates of TLS peers we connect to (turn off only for lab peers).
     tls_verify: bool = True
+    #: SRTP with SDES keys: "off", "optional" (accept SRTP offers, offer plain RTP) or "required".
+    #: SDES keys travel inside the SDP, so anything but "off" needs signalling over TLS.
+    srtp: Literal["off", "optional", "required"] = "off"
     #: The address the world reaches us on (NAT); goes in Via, Contact and SDP. Defaults to bind.
     public_address: str | None = None
     #: The public port when a NAT maps it to another one (default: the listener's port).
@@ -69,6 +72,8 @@ class SipSettings(_Section):
     def _tls_files(self) -> SipSettings:
         if "tls" in self.transports and (self.tls_cert is None or self.tls_key is None):
             raise ValueError("transport 'tls' needs tls_cert and tls_key")
+        if self.srtp != "off" and "tls" not in self.transports:
+            raise ValueError("srtp needs transport 'tls': SDES keys would cross the network in clear")
         return self
 
     def advertised_host(self, wildcard_fallback: str) -> str:
@@ -151,6 +156,13 @@ class TrunkSettings(_Section):
         return self.password.get_secret_value() if self.password else None
 
 
+class RecordingSettings(_Section):
+    """Call recording: both legs as 8 kHz WAV files, crash-safe (every finished second is kept)."""
+
+    enabled: bool = False
+    directory: Path = Path("recordings")
+
+
 class Settings(_Section):
     """The whole configuration."""
 
@@ -160,6 +172,7 @@ class Settings(_Section):
     sip: SipSettings = Field(default_factory=SipSettings)  # type: ignore[arg-type]
     rtp: RtpSettings = Field(default_factory=RtpSettings)  # type: ignore[arg-type]
     trunk: TrunkSettings | None = None
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -1,8 +1,8 @@
-"""The process: listeners, trunk attachment, inbound policy, the call table and media per call.
+"""The process: listeners, trunk attachment, inbound policy, the call table and each call's media.
 
-This release serves ``echo`` mode — every answered call hears its own audio back (G.711, 20 ms
-packets, symmetric RTP from the advertised port), the classic trunk test. ``agent`` mode plugs
-the voice pipeline into the same call table when it lands.
+This release serves ``echo`` mode — every answered call hears its own audio back through the media
+engine (jitter buffer, 20 ms pacer, DTMF, SRTP), the classic trunk test. ``agent`` mode plugs the
+voice pipeline into :class:`~sipagent.call.Call` when it lands.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import secrets
+import os
 import ssl
-from dataclasses import dataclass, field
 
+from .call import Call, CallOptions
 from .config import Settings
-from .net.rtp_socket import Addr, PortRangeExhausted, RtpSocket, open_rtp_socket
+from .net.media import PortRangeExhausted
 from .net.sip_transport import SipNetwork, default_local_address
-from .rtp.echo import EchoStream
-from .sip.address import Address, uri_address
+from .sip.address import uri_address
 from .sip.context import EndpointConfig
 from .sip.digest import Credentials
 from .sip.endpoint import SipEndpoint
@@ -35,46 +34,11 @@ from .sip.events import (
     RegistrationFailed,
     RegistrationSucceeded,
 )
-from .sip.offer_answer import NegotiatedMedia
 from .sip.registration import RegistrationConfig
 from .sip.session import CallState
 from .sip.uri import SipUri
 
 log = logging.getLogger("sipagent")
-
-
-@dataclass
-class EchoCall:
-    """One call's media in echo mode."""
-
-    call_id: str
-    socket: RtpSocket
-    stream: EchoStream
-    started: float
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Set once the call was answered or ended (outbound calls wait on it).
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-    outcome: Event | None = None
-
-    def apply(self, media: NegotiatedMedia) -> None:
-        """Follow negotiated media: payload types, direction (hold), remote address."""
-        types = {media.payload_type}
-        if media.dtmf_payload_type is not None:
-            types.add(media.dtmf_payload_type)
-        self.stream.configure(frozenset(types), sending=media.send)
-        self.socket.set_remote(media.remote_address, media.remote_port)
-
-    def on_packet(self, data: bytes, source: Addr) -> None:
-        """Echo one inbound packet."""
-        reply = self.stream.receive(data)
-        if reply is not None:
-            self.socket.send(reply)
-
-
-def _new_stream() -> EchoStream:
-    return EchoStream(
-        ssrc=secrets.randbits(32), first_sequence=secrets.randbits(16), first_timestamp=secrets.randbits(32)
-    )
 
 
 class Server:
@@ -84,7 +48,16 @@ class Server:
         self.settings = settings
         self.network: SipNetwork | None = None
         self.endpoint: SipEndpoint | None = None
-        self.calls: dict[str, EchoCall] = {}
+        self.calls: dict[str, Call] = {}
+        rtp = settings.rtp
+        self.call_options = CallOptions(
+            mode=settings.mode,
+            bind=rtp.bind or settings.sip.bind,
+            port_min=rtp.port_min,
+            port_max=rtp.port_max,
+            media_timeout=rtp.media_timeout,
+            record_dir=settings.recording.directory if settings.recording.enabled else None,
+        )
         self.registered = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._allow = [
@@ -127,8 +100,9 @@ class Server:
             user_agent=sip.user_agent,
             session_expires=sip.session_expires or None,
             min_se=sip.min_se,
+            srtp=sip.srtp,
         )
-        self.endpoint = SipEndpoint(config)
+        self.endpoint = SipEndpoint(config, srtp_rng=os.urandom)
         network.attach(self.endpoint)
         self.network = network
         log.info(
@@ -181,8 +155,8 @@ class Server:
             await asyncio.sleep(0.2)  # let BYEs and the un-REGISTER leave
         for task in list(self._tasks):
             task.cancel()
-        for call in self.calls.values():
-            call.socket.close()
+        for call in list(self.calls.values()):
+            call.close()
         if self.network is not None:
             await self.network.close()
 
@@ -218,25 +192,25 @@ class Server:
                 call.outcome = event
                 call.settled.set()
         elif isinstance(event, CallEnded | CallFailed):
-            log.info("call %s ended: %s", event.call_id, getattr(event, "reason", ""))
+            log.info("call %s ended: %s", event.call_id, event.reason)
             call = self.calls.pop(event.call_id, None)
             if call is not None:
                 call.outcome = call.outcome or event
-                log.info(
-                    "call %s media: received %d, echoed %d, dropped %d",
-                    event.call_id,
-                    call.stream.stats.received,
-                    call.stream.stats.sent,
-                    call.stream.stats.dropped,
-                )
-                call.socket.close()
-                call.ended.set()
-                call.settled.set()
+                call.close()
         elif isinstance(event, RegistrationSucceeded):
             log.info("registered %s for %d s", event.aor, event.expires)
             self.registered.set()
         elif isinstance(event, RegistrationFailed):
             log.warning("registration of %s failed: %d %s", event.aor, event.status, event.reason)
+
+    def _hangup(self, call_id: str) -> None:
+        assert self.endpoint is not None and self.network is not None
+        with contextlib.suppress(Exception):
+            self.endpoint.hangup(call_id, self.network.now())
+        self.network.pump()
+
+    def _new_call(self, call_id: str) -> Call:
+        return Call(call_id, self.call_options, hangup=lambda reason: self._hangup(call_id))
 
     def _on_incoming(self, event: IncomingCall) -> None:
         assert self.endpoint is not None and self.network is not None
@@ -255,104 +229,72 @@ class Server:
             await asyncio.sleep(self.settings.answer_delay)
             if self.endpoint.call_state(call_id) not in (CallState.INITIAL, CallState.EARLY):
                 return  # the caller gave up (CANCEL) while it rang
-        rtp = self.settings.rtp
-        stream = _new_stream()
-        holder: list[EchoCall] = []
+        call = self._new_call(call_id)
         try:
-            socket = await open_rtp_socket(
-                rtp.bind or self.settings.sip.bind,
-                rtp.port_min,
-                rtp.port_max,
-                lambda data, src: holder[0].on_packet(data, src) if holder else None,
-            )
+            port = await call.open()
         except PortRangeExhausted:
             log.error("call %s: no RTP port free", call_id)
             self.endpoint.reject(call_id, 503, self.network.now())
             self.network.pump()
             return
-        call = EchoCall(call_id, socket, stream, started=self.network.now())
-        holder.append(call)
         if self.endpoint.call_state(call_id) is None:
-            socket.close()  # cancelled while we bound the port
+            call.close()  # cancelled while we bound the ports
             return
         self.calls[call_id] = call
         try:
-            media = self.endpoint.answer(call_id, self.network.now(), rtp_port=socket.port)
+            media = self.endpoint.answer(call_id, self.network.now(), rtp_port=port)
         except Exception as exc:  # OfferRejected (488 already sent) or the call vanished (CANCEL)
             log.info("call %s not answered: %s", call_id, exc)
             self.calls.pop(call_id, None)
-            socket.close()
+            call.close()
             self.network.pump()
             return
         if media is not None:
             call.apply(media)
         self.network.pump()
-        self._spawn(self._watch_media(call))
-
-    async def _watch_media(self, call: EchoCall) -> None:
-        """End calls whose media died (the far end vanished without BYE)."""
-        timeout = self.settings.rtp.media_timeout
-        if timeout <= 0:
-            return
-        assert self.endpoint is not None and self.network is not None
-        while not call.ended.is_set():
-            await asyncio.sleep(min(1.0, timeout))
-            last = call.socket.last_received or call.started
-            if self.network.now() - last > timeout and call.call_id in self.calls:
-                log.warning("call %s: no RTP for %.0f s, hanging up", call.call_id, timeout)
-                with contextlib.suppress(Exception):
-                    self.endpoint.hangup(call.call_id, self.network.now())
-                self.network.pump()
-                return
 
     # -- outbound --------------------------------------------------------------------------------
     async def place_call(
-        self, target: SipUri, *, duration: float, answer_timeout: float = 30.0
+        self, target: SipUri, *, duration: float, answer_timeout: float = 30.0, dtmf: str = ""
     ) -> Event | None:
         """Call ``target`` through the trunk (or directly), echo for ``duration`` s, hang up.
 
-        Returns the outcome event: CallAnswered when it was answered, CallFailed otherwise.
+        ``dtmf`` digits are sent (RFC 4733) once answered. Returns the outcome event:
+        CallAnswered when it was answered, CallFailed (or CallEnded) otherwise.
         """
         assert self.endpoint is not None and self.network is not None
         trunk = self.settings.trunk
-        rtp = self.settings.rtp
-        holder: list[EchoCall] = []
-        socket = await open_rtp_socket(
-            rtp.bind or self.settings.sip.bind,
-            rtp.port_min,
-            rtp.port_max,
-            lambda data, src: holder[0].on_packet(data, src) if holder else None,
-        )
         outbound_proxy = SipUri.parse(trunk.outbound_proxy) if trunk and trunk.outbound_proxy else None
-        if (
-            outbound_proxy is None
-            and trunk is not None
-            and trunk.mode == "static"
-            and target.host != SipUri.parse(trunk.uri).host
-        ):
-            outbound_proxy = SipUri.parse(trunk.uri)
+        if outbound_proxy is None and trunk is not None and trunk.mode == "static":
+            trunk_uri = SipUri.parse(trunk.uri)
+            if target.host != trunk_uri.host:
+                outbound_proxy = trunk_uri
+        placeholder = self._new_call("")
+        port = await placeholder.open()
         call_id = self.endpoint.invite(
             target,
             self.network.now(),
-            rtp_port=socket.port,
+            rtp_port=port,
             credentials=self._credentials(),
             outbound_proxy=outbound_proxy,
         )
-        call = EchoCall(call_id, socket, _new_stream(), started=self.network.now())
-        holder.append(call)
-        self.calls[call_id] = call
+        placeholder.call_id = call_id
+        placeholder.hangup = lambda reason: self._hangup(call_id)
+        self.calls[call_id] = placeholder
         self.network.pump()
+        call = placeholder
         try:
             await asyncio.wait_for(call.settled.wait(), answer_timeout)
         except TimeoutError:
-            self.endpoint.hangup(call_id, self.network.now())
-            self.network.pump()
+            self._hangup(call_id)
         if isinstance(call.outcome, CallAnswered):
+            for digit in dtmf:
+                if call.session.dtmf_out is not None:
+                    call.session.send_dtmf(digit)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(call.ended.wait(), duration)
             if not call.ended.is_set():
-                self.endpoint.hangup(call_id, self.network.now())
-                self.network.pump()
+                self._hangup(call_id)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(call.ended.wait(), 5)
         # wait for the BYE transaction to finish so the far end sees a clean hang-up
@@ -363,4 +305,4 @@ class Server:
         return call.outcome
 
 
-__all__ = ["Address", "EchoCall", "Server"]
+__all__ = ["Call", "Server"]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sipagent.rtp.packet import RtpPacket
+from sipagent.rtp.srtp import CryptoAttribute, CryptoSuite, SrtpParams, SrtpSession
 from sipagent.sip.errors import LocalProtocolError, OfferRejected, RemoteProtocolError
-from sipagent.sip.offer_answer import MediaSession, NegotiatedMedia
+from sipagent.sip.offer_answer import MediaSession, NegotiatedMedia, SrtpPolicy
+from sipagent.sip.sdes import redact_crypto_keys
 from sipagent.sip.sdp import Direction, SessionDescription, parse_sdp
 from tests.test_sdp import TELNYX, TWILIO, mutate
 
@@ -282,7 +287,7 @@ def test_unsupported_streams_are_rejected_in_place() -> None:
         ("m=audio 30000 RTP/AVP 97\n", "no codec in common (offered 97"),
         (
             "m=audio 30000 RTP/SAVP 0\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x\n",
-            "SRTP (RTP/SAVP) is not supported yet",
+            "SRTP (RTP/SAVP) is turned off here (srtp policy 'off')",
         ),
         ("m=audio 30000 UDP/TLS/RTP/SAVPF 0\n", "SRTP (UDP/TLS/RTP/SAVPF) is not supported yet"),
         ("m=audio 30000 TCP/RTP/AVP 0\n", "transport TCP/RTP/AVP is not supported"),
@@ -603,3 +608,443 @@ def test_fuzz_answer_raises_only_protocol_errors(data: st.DataObject) -> None:
     assert len(answer.media) == len(sd.media)
     assert parse_sdp(answer.serialize()) == answer
     assert media.codec in ("PCMU", "PCMA")
+
+
+# --- SRTP (SDES, RFC 4568) ------------------------------------------------------------------------
+
+S80 = CryptoSuite.AES_CM_128_HMAC_SHA1_80
+S32 = CryptoSuite.AES_CM_128_HMAC_SHA1_32
+
+
+def make_key(seed: str) -> bytes:
+    return hashlib.sha256(seed.encode()).digest()[:30]
+
+
+def b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+PEER_80, PEER_32 = make_key("twilio-80"), make_key("twilio-32")
+
+# Twilio over TLS with SRTP enabled on the trunk: RTP/SAVP, both suites, tags 1 and 2.
+TWILIO_SRTP = TWILIO.replace("RTP/AVP", "RTP/SAVP").replace(
+    "a=sendrecv\n",
+    f"a=sendrecv\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64(PEER_80)}\n"
+    f"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{b64(PEER_32)}\n",
+)
+# baresip with mediaenc=srtp-mand: one line.
+BARESIP_SRTP = BARESIP.replace("RTP/AVP", "RTP/SAVP").replace(
+    "a=ptime:20\n", f"a=ptime:20\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64(PEER_80)}\n"
+)
+
+
+class FakeRng:
+    """Deterministic stand-in for os.urandom: distinct, reproducible keys per call."""
+
+    def __init__(self, seed: str = "ours") -> None:
+        self.seed = seed
+        self.calls = 0
+
+    def key(self, call: int) -> bytes:
+        return make_key(f"{self.seed}-{call}")
+
+    def __call__(self, size: int) -> bytes:
+        self.calls += 1
+        return self.key(self.calls)[:size]
+
+
+def srtp_session(policy: str = "optional", rng: FakeRng | None = None, **kwargs: object) -> MediaSession:
+    return session(srtp=policy, srtp_rng=rng or FakeRng(), **kwargs)
+
+
+def crypto_lines(sd: SessionDescription, index: int = 0) -> list[CryptoAttribute]:
+    return [CryptoAttribute.parse(v) for v in sd.media[index].crypto]
+
+
+def srtp_twilio(version: int, offer: str = TWILIO_SRTP) -> SessionDescription:
+    return parse_sdp(offer.replace("1538443375 1538443375", f"1538443375 {version}"))
+
+
+class TestAnswerSrtpOffers:
+    def test_twilio_both_suites(self) -> None:
+        rng = FakeRng()
+        answer, media = srtp_session(rng=rng).answer(parse_sdp(TWILIO_SRTP))
+        ours = rng.key(1)
+        assert wire(answer) == (
+            "v=0\r\n"
+            f"o=- {SESSION_ID} {SESSION_ID} IN IP4 {PUBLIC}\r\n"
+            "s=sipagent\r\n"
+            f"c=IN IP4 {PUBLIC}\r\n"
+            "t=0 0\r\n"
+            "m=audio 40000 RTP/SAVP 0 101\r\n"
+            "a=rtpmap:0 PCMU/8000\r\n"
+            "a=rtpmap:101 telephone-event/8000\r\n"
+            "a=fmtp:101 0-16\r\n"
+            "a=ptime:20\r\n"
+            f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64(ours)}\r\n"
+            "a=sendrecv\r\n"
+        )
+        assert media.srtp == SrtpParams(S80, local_key_salt=ours, remote_key_salt=PEER_80, tag=1)
+        assert rng.calls == 1
+        assert (media.codec, media.remote_port) == ("PCMU", 13236)
+
+    def test_our_suite_preference_wins_over_offer_order(self) -> None:
+        swapped = TWILIO.replace("RTP/AVP", "RTP/SAVP") + (
+            f"a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:{b64(PEER_32)}\n"
+            f"a=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:{b64(PEER_80)}\n"
+        )
+        answer, media = srtp_session().answer(parse_sdp(swapped))
+        (line,) = crypto_lines(answer)
+        assert (line.tag, line.suite) == (9, S80)
+        assert media.srtp is not None and media.srtp.remote_key_salt == PEER_80
+        # An operator who only wants the 32-bit tag gets it.
+        answer, media = srtp_session(srtp_suites=["AES_CM_128_HMAC_SHA1_32"]).answer(parse_sdp(TWILIO_SRTP))
+        (line,) = crypto_lines(answer)
+        assert (line.tag, line.suite) == (2, S32)
+        assert media.srtp is not None and (media.srtp.suite, media.srtp.remote_key_salt) == (S32, PEER_32)
+
+    def test_baresip_single_line(self) -> None:
+        rng = FakeRng()
+        answer, media = srtp_session("required", rng).answer(parse_sdp(BARESIP_SRTP))
+        (m,) = answer.media
+        assert (m.proto, m.formats) == ("RTP/SAVP", ["0", "101"])
+        assert [str(a) for a in crypto_lines(answer)] == [
+            f"1 AES_CM_128_HMAC_SHA1_80 inline:{b64(rng.key(1))}"
+        ]
+        assert media.srtp == SrtpParams(S80, rng.key(1), PEER_80, 1)
+
+    @pytest.mark.parametrize(
+        "bad_line",
+        [
+            f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64(PEER_80)}|2^20|1:4",  # MKI
+            f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64(PEER_80)} UNENCRYPTED_SRTP",
+            f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64(PEER_80)} FOO=bar",  # unknown, mandatory
+            f"a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:{b64(PEER_80 + PEER_32[:16])}",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ=",
+            "a=crypto:garbage",
+            f"a=crypto:inline:{b64(PEER_80)}",
+        ],
+    )
+    def test_unusable_lines_are_skipped_when_another_is_acceptable(self, bad_line: str) -> None:
+        offer = TWILIO_SRTP.replace(
+            f"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{b64(PEER_32)}\n",
+            f"{bad_line}\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{b64(PEER_32)}\n",
+        ).replace(f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64(PEER_80)}\n", "")
+        answer, media = srtp_session().answer(parse_sdp(offer))
+        (line,) = crypto_lines(answer)
+        assert (line.tag, line.suite) == (2, S32)
+        assert media.srtp is not None and media.srtp.remote_key_salt == PEER_32
+
+    def test_no_acceptable_crypto_line_is_488_and_keeps_keys_out_of_the_reason(self) -> None:
+        offer = TWILIO.replace("RTP/AVP", "RTP/SAVP") + (
+            f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64(PEER_80)}|2^20|1:4\n"
+            f"a=crypto:2 AES_256_CM_HMAC_SHA1_32 inline:{b64(PEER_32)}\n"
+            f"a=crypto:inline:{b64(PEER_80)}\n"  # mangled: no tag, no suite
+            f"a=crypto:{b64(PEER_32)}\n"
+        )
+        s = srtp_session("required")
+        with pytest.raises(OfferRejected) as info:
+            s.answer(parse_sdp(offer))
+        message = str(info.value)
+        assert info.value.status == 488
+        assert "no acceptable a=crypto line" in message
+        assert "a=crypto:1: a key with an MKI" in message
+        assert "a=crypto:2: crypto suite 'AES_256_CM_HMAC_SHA1_32' is not supported" in message
+        assert "a=crypto: a=crypto value has 1 field(s), not '<tag> <suite> inline:<key||salt>'" in message
+        assert b64(PEER_80) not in message and b64(PEER_32) not in message
+        assert s.negotiated is None
+
+    def test_savp_without_crypto_lines_is_488(self) -> None:
+        offer = TWILIO.replace("RTP/AVP", "RTP/SAVP")
+        with pytest.raises(OfferRejected, match="RTP/SAVP without a=crypto"):
+            srtp_session().answer(parse_sdp(offer))
+
+    def test_dtls_srtp_is_still_unsupported(self) -> None:
+        offer = TWILIO_SRTP.replace("RTP/SAVP", "UDP/TLS/RTP/SAVP")
+        with pytest.raises(
+            OfferRejected, match=r"SRTP \(UDP/TLS/RTP/SAVP\) is not supported yet; offer RTP/SAVP"
+        ):
+            srtp_session().answer(parse_sdp(offer))
+
+    def test_our_own_key_offered_back_is_refused(self) -> None:
+        rng = FakeRng()
+        s = srtp_session(rng=rng)
+        s.answer(srtp_twilio(1))
+        reflected = TWILIO_SRTP.replace(b64(PEER_80), b64(rng.key(1))).replace(
+            f"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{b64(PEER_32)}\n", ""
+        )
+        with pytest.raises(OfferRejected, match="the offer reuses our own key"):
+            s.answer(srtp_twilio(2, reflected))
+
+
+@pytest.mark.parametrize(
+    ("policy", "offer", "accepted", "secure"),
+    [
+        ("off", TWILIO, True, False),
+        ("off", TWILIO_SRTP, False, False),
+        ("optional", TWILIO, True, False),
+        ("optional", TWILIO_SRTP, True, True),
+        ("required", TWILIO, False, False),
+        ("required", TWILIO_SRTP, True, True),
+    ],
+)
+def test_policy_matrix_as_answerer(policy: str, offer: str, accepted: bool, secure: bool) -> None:
+    s = srtp_session(policy)
+    if not accepted:
+        with pytest.raises(OfferRejected) as info:
+            s.answer(parse_sdp(offer))
+        assert info.value.status == 488
+        assert ("SRTP is required" if policy == "required" else "turned off") in str(info.value)
+        return
+    answer, media = s.answer(parse_sdp(offer))
+    assert answer.media[0].proto == ("RTP/SAVP" if secure else "RTP/AVP")
+    assert len(answer.media[0].crypto) == (1 if secure else 0)
+    assert (media.srtp is not None) == secure
+
+
+@pytest.mark.parametrize(
+    ("policy", "proto", "lines"),
+    [("off", "RTP/AVP", 0), ("optional", "RTP/AVP", 0), ("required", "RTP/SAVP", 2)],
+)
+def test_policy_matrix_as_offerer(policy: str, proto: str, lines: int) -> None:
+    rng = FakeRng()
+    sd = srtp_session(policy, rng).create_offer()
+    assert sd.media[0].proto == proto
+    assert len(sd.media[0].crypto) == lines
+    if lines:
+        assert [(a.tag, a.suite, a.key_salt) for a in crypto_lines(sd)] == [
+            (1, S80, rng.key(1)),
+            (2, S32, rng.key(2)),
+        ]
+
+
+def test_policy_picks_among_savp_and_avp_streams() -> None:
+    # One offer, two ways to take the audio: SRTP first, plain RTP as the fallback.
+    both = TWILIO_SRTP + "m=audio 13240 RTP/AVP 0\n"
+    _, media = srtp_session("off").answer(parse_sdp(both))
+    assert (media.stream_index, media.srtp) == (1, None)
+    answer, media = srtp_session("optional").answer(parse_sdp(both))
+    assert media.stream_index == 0 and media.srtp is not None
+    assert [(m.proto, m.port) for m in answer.media] == [("RTP/SAVP", 40000), ("RTP/AVP", 0)]
+
+
+def test_constructor_validation_for_srtp() -> None:
+    with pytest.raises(LocalProtocolError, match="srtp must be one of"):
+        session(srtp="mandatory")
+    with pytest.raises(LocalProtocolError, match="needs srtp_rng"):
+        session(srtp="required")
+    with pytest.raises(LocalProtocolError, match="crypto suite 'AES_256_CM_HMAC_SHA1_80'"):
+        srtp_session(srtp_suites=["AES_256_CM_HMAC_SHA1_80"])
+    with pytest.raises(LocalProtocolError, match="without repeats"):
+        srtp_session(srtp_suites=[])
+    assert session().srtp_policy is SrtpPolicy.OFF
+    assert srtp_session("required").srtp_policy is SrtpPolicy.REQUIRED
+
+
+def savp_answer(tag: int, suite: str, key: bytes, extra: str = "") -> str:
+    return ANSWER.replace("RTP/AVP", "RTP/SAVP") + f"a=crypto:{tag} {suite} inline:{b64(key)}{extra}\n"
+
+
+PEER_ANSWER_KEY = make_key("answerer")
+
+
+class TestSrtpAnswersToOurOffers:
+    def test_answer_selects_one_of_our_lines(self) -> None:
+        rng = FakeRng()
+        s = srtp_session("required", rng)
+        s.create_offer()
+        media = s.process_answer(parse_sdp(savp_answer(2, "AES_CM_128_HMAC_SHA1_32", PEER_ANSWER_KEY)))
+        assert media.srtp == SrtpParams(S32, rng.key(2), PEER_ANSWER_KEY, 2)
+
+    @pytest.mark.parametrize(
+        ("answer_text", "message"),
+        [
+            (savp_answer(3, "AES_CM_128_HMAC_SHA1_80", PEER_ANSWER_KEY), "tag 3 is not one we offered (1 2)"),
+            (
+                savp_answer(1, "AES_CM_128_HMAC_SHA1_32", PEER_ANSWER_KEY),
+                "tag 1 came back as AES_CM_128_HMAC_SHA1_32, we offered AES_CM_128_HMAC_SHA1_80",
+            ),
+            (savp_answer(1, "AES_CM_128_HMAC_SHA1_80", PEER_ANSWER_KEY, "|1:4"), "MKI"),
+            (ANSWER.replace("RTP/AVP", "RTP/SAVP"), "no usable a=crypto line: it has no a=crypto line"),
+            (ANSWER, "the answer changed our audio stream to m=audio RTP/AVP"),
+        ],
+    )
+    def test_unusable_answers(self, answer_text: str, message: str) -> None:
+        s = srtp_session("required")
+        s.create_offer()
+        with pytest.raises(OfferRejected) as info:
+            s.process_answer(parse_sdp(answer_text))
+        assert message in str(info.value)
+        assert s.negotiated is None and s.has_pending_offer
+
+    def test_answer_echoing_our_key_is_refused(self) -> None:
+        rng = FakeRng()
+        s = srtp_session("required", rng)
+        s.create_offer()
+        with pytest.raises(OfferRejected, match="came back with our own key"):
+            s.process_answer(parse_sdp(savp_answer(1, "AES_CM_128_HMAC_SHA1_80", rng.key(1))))
+
+    def test_savp_answer_to_our_plain_offer_is_refused(self) -> None:
+        s = srtp_session("optional")
+        s.create_offer()
+        with pytest.raises(OfferRejected, match="changed our audio stream to m=audio RTP/SAVP"):
+            s.process_answer(parse_sdp(savp_answer(1, "AES_CM_128_HMAC_SHA1_80", PEER_ANSWER_KEY)))
+
+
+class TestSrtpRefreshAndRekey:
+    def test_answerer_refresh_keeps_keys_and_version(self) -> None:
+        rng = FakeRng()
+        s = srtp_session("required", rng)
+        first, media = s.answer(srtp_twilio(100))
+        # The same offer again (session timer): a byte-identical answer, the same keys.
+        again, same = s.answer(srtp_twilio(101))
+        assert again.serialize() == first.serialize()
+        assert same.srtp == media.srtp
+        # Our own refresh re-offers what is in force: same tag, suite, key; o= unchanged.
+        refresh = s.refresh_offer()
+        assert refresh.origin.sess_version == first.origin.sess_version
+        assert refresh.media[0].proto == "RTP/SAVP"
+        assert refresh.media[0].crypto == first.media[0].crypto
+        reply = savp_answer(1, "AES_CM_128_HMAC_SHA1_80", PEER_80).replace("15000", "13236")
+        assert s.process_answer(parse_sdp(reply)).srtp == media.srtp
+        assert rng.calls == 1  # one key for the whole call
+
+    def test_offerer_reoffers_keep_the_agreed_line(self) -> None:
+        rng = FakeRng()
+        s = srtp_session("required", rng)
+        s.create_offer()
+        agreed = s.process_answer(parse_sdp(savp_answer(2, "AES_CM_128_HMAC_SHA1_32", PEER_ANSWER_KEY)))
+        hold = s.create_offer("sendonly")
+        assert [str(a) for a in crypto_lines(hold)] == [f"2 AES_CM_128_HMAC_SHA1_32 inline:{b64(rng.key(2))}"]
+        held = s.process_answer(
+            parse_sdp(
+                savp_answer(2, "AES_CM_128_HMAC_SHA1_32", PEER_ANSWER_KEY).replace("sendrecv", "recvonly")
+            )
+        )
+        assert held.srtp == agreed.srtp  # the SrtpSession carries on untouched
+        first_refresh = s.refresh_offer()
+        s.process_answer(parse_sdp(savp_answer(2, "AES_CM_128_HMAC_SHA1_32", PEER_ANSWER_KEY)))
+        second_refresh = s.refresh_offer()
+        assert second_refresh.serialize() == first_refresh.serialize()
+        assert rng.calls == 2
+
+    def test_optional_policy_keeps_srtp_once_in_force(self) -> None:
+        s = srtp_session("optional")
+        s.answer(parse_sdp(TWILIO_SRTP))
+        reoffer = s.create_offer("sendonly")
+        assert reoffer.media[0].proto == "RTP/SAVP" and len(reoffer.media[0].crypto) == 1
+
+    def test_peer_rekey_changes_only_the_remote_key(self) -> None:
+        s = srtp_session()
+        first, media = s.answer(srtp_twilio(1))
+        new_peer_key = make_key("twilio-80-rekeyed")
+        answer, rekeyed = s.answer(srtp_twilio(2, TWILIO_SRTP.replace(b64(PEER_80), b64(new_peer_key))))
+        assert answer.serialize() == first.serialize()  # our side unchanged: no o= bump
+        assert media.srtp is not None and rekeyed.srtp is not None
+        assert rekeyed.srtp.local_key_salt == media.srtp.local_key_salt
+        assert rekeyed.srtp.remote_key_salt == new_peer_key
+
+    def test_rekey_srtp_draws_new_keys_and_bumps_the_version(self) -> None:
+        rng = FakeRng()
+        s = srtp_session(rng=rng)
+        first, _ = s.answer(srtp_twilio(1))
+        s.rekey_srtp()
+        second, rekeyed = s.answer(srtp_twilio(1))
+        assert second.origin.sess_version == first.origin.sess_version + 1
+        assert rekeyed.srtp is not None and rekeyed.srtp.local_key_salt == rng.key(2)
+        assert crypto_lines(second)[0].key_salt == rng.key(2)
+
+    def test_rejected_srtp_reoffer_leaves_session_and_keys_alone(self) -> None:
+        rng = FakeRng()
+        s = srtp_session("required", rng)
+        first, media = s.answer(srtp_twilio(1))
+        with pytest.raises(OfferRejected, match="SRTP is required"):
+            s.answer(twilio_with(2))  # a downgrade to plain RTP
+        with pytest.raises(OfferRejected, match="no acceptable a=crypto line"):
+            s.answer(srtp_twilio(3, TWILIO_SRTP.replace("AES_CM_128", "AES_256_CM")))
+        assert s.negotiated == media
+        again, _ = s.answer(srtp_twilio(1))
+        assert again.serialize() == first.serialize()
+        assert rng.calls == 1
+
+
+def test_negotiated_media_repr_hides_keys() -> None:
+    rng = FakeRng()
+    _, media = srtp_session(rng=rng).answer(parse_sdp(TWILIO_SRTP))
+    text = repr(media)
+    assert "AES_CM_128_HMAC_SHA1_80" in text
+    for secret in (rng.key(1), PEER_80):
+        assert secret.hex() not in text and b64(secret) not in text and repr(secret) not in text
+
+
+def test_redact_crypto_keys_for_logs() -> None:
+    redacted = redact_crypto_keys(TWILIO_SRTP)
+    assert b64(PEER_80) not in redacted and b64(PEER_32) not in redacted
+    assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:***\n" in redacted
+    raw = parse_sdp(TWILIO_SRTP).serialize()
+    assert b64(PEER_80).encode() not in redact_crypto_keys(raw)
+    assert redact_crypto_keys(TWILIO) == TWILIO
+
+
+@pytest.mark.parametrize(
+    ("offerer_policy", "answerer_policy", "answerer_suites", "suite"),
+    [
+        ("required", "optional", ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"), S80),
+        ("required", "required", ("AES_CM_128_HMAC_SHA1_32",), S32),
+    ],
+)
+def test_end_to_end_pair_interoperates(
+    offerer_policy: str, answerer_policy: str, answerer_suites: tuple[str, ...], suite: CryptoSuite
+) -> None:
+    alice = MediaSession("192.0.2.1", 40000, session_id=1, srtp=offerer_policy, srtp_rng=FakeRng("alice"))
+    bob = MediaSession(
+        "192.0.2.2",
+        50000,
+        session_id=2,
+        srtp=answerer_policy,
+        srtp_rng=FakeRng("bob"),
+        srtp_suites=answerer_suites,
+    )
+    offer = parse_sdp(alice.create_offer().serialize())
+    answer, bob_media = bob.answer(offer)
+    alice_media = alice.process_answer(parse_sdp(answer.serialize()))
+    assert alice_media.srtp is not None and bob_media.srtp is not None
+    assert alice_media.srtp.suite is bob_media.srtp.suite is suite
+    assert alice_media.srtp.local_key_salt == bob_media.srtp.remote_key_salt
+    assert alice_media.srtp.remote_key_salt == bob_media.srtp.local_key_salt
+    assert alice_media.srtp.local_key_salt != alice_media.srtp.remote_key_salt
+    a, b = SrtpSession(alice_media.srtp), SrtpSession(bob_media.srtp)
+    for seq in range(5):
+        to_bob = RtpPacket(0, seq, seq * 160, 0xA11CE, b"\xff" * 160).serialize()
+        to_alice = RtpPacket(0, seq, seq * 160, 0xB0B, b"\x7f" * 160).serialize()
+        assert b.unprotect(a.protect(to_bob)) == to_bob
+        assert a.unprotect(b.protect(to_alice)) == to_alice
+    rr = bytes.fromhex("80c90001000b0b00")
+    assert a.unprotect_rtcp(b.protect_rtcp(rr)) == rr
+    # A hold re-INVITE from Bob keeps the keys, so both SrtpSessions carry on as they are.
+    reoffer = parse_sdp(bob.create_offer("sendonly").serialize())
+    reply, alice_held = alice.answer(reoffer)
+    bob_held = bob.process_answer(parse_sdp(reply.serialize()))
+    assert (alice_held.srtp, bob_held.srtp) == (alice_media.srtp, bob_media.srtp)
+    assert alice_held.on_hold
+
+
+SRTP_SAMPLES = [TWILIO_SRTP, BARESIP_SRTP, TWILIO]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fuzz_srtp_answer_raises_only_protocol_errors(data: st.DataObject) -> None:
+    body = mutate(data, data.draw(st.sampled_from(SRTP_SAMPLES)))
+    try:
+        sd = parse_sdp(body)
+    except RemoteProtocolError:
+        return
+    s = srtp_session(data.draw(st.sampled_from(["optional", "required"])))
+    try:
+        answer, media = s.answer(sd)
+    except (RemoteProtocolError, OfferRejected):
+        return
+    assert parse_sdp(answer.serialize()) == answer
+    m = answer.media[media.stream_index]
+    assert (m.proto == "RTP/SAVP") == (media.srtp is not None) == (len(m.crypto) == 1)

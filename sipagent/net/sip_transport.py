@@ -34,6 +34,7 @@ from ..sip.message import (
     StreamItem,
     error_response_for,
 )
+from ..sip.sdes import redact_crypto_keys
 
 log = logging.getLogger("sipagent.sip")
 
@@ -41,8 +42,8 @@ _REDACTED_HEADERS = ("authorization:", "proxy-authorization:")
 
 
 def _trace(data: bytes) -> str:
-    """A message for the debug log with credentials answers blanked out."""
-    lines = data.decode("utf-8", "replace").split("\r\n")
+    """A message for the debug log with digest answers and SDES keys blanked out."""
+    lines = redact_crypto_keys(data.decode("utf-8", "replace")).split("\r\n")
     return "\n".join(
         line.split(":", 1)[0] + ": <redacted>" if line.lower().startswith(_REDACTED_HEADERS) else line
         for line in lines

@@ -142,13 +142,19 @@ def _with_codecs(
     packets: list[TimedPacket], names: dict[int, str], source: Endpoint, call_id: str | None, notes: list[str]
 ) -> CallerLeg:
     seen = {p.packet.payload_type for p in packets}
-    audio = [pt for pt in seen if names.get(pt, _STATIC_CODECS.get(pt, "")) in ("PCMU", "PCMA")]
-    if not audio:
-        raise CaptureError(f"no PCMU/PCMA audio in the caller leg (payload types {sorted(seen)})")
-    # The payload type carrying most packets is the codec in use.
-    payload_type = max(audio, key=lambda pt: sum(1 for p in packets if p.packet.payload_type == pt))
-    codec = names.get(payload_type, _STATIC_CODECS.get(payload_type, "PCMU"))
     dtmf = [pt for pt, name in names.items() if name == "TELEPHONE-EVENT"]
+    audio = [pt for pt in seen if names.get(pt, _STATIC_CODECS.get(pt, "")) in ("PCMU", "PCMA")]
+    if audio:
+        # The payload type carrying most packets is the codec in use.
+        payload_type = max(audio, key=lambda pt: sum(1 for p in packets if p.packet.payload_type == pt))
+    elif seen & set(dtmf) or any(96 <= pt <= 127 for pt in seen):
+        # Only telephone-events (a sipp DTMF-only leg): decode the digits, assume PCMU audio.
+        offered = [pt for pt, name in names.items() if name in ("PCMU", "PCMA")]
+        payload_type = offered[0] if offered else 0
+        notes.append("the caller leg carries no audio, only telephone-events")
+    else:
+        raise CaptureError(f"no PCMU/PCMA audio in the caller leg (payload types {sorted(seen)})")
+    codec = names.get(payload_type, _STATIC_CODECS.get(payload_type, "PCMU"))
     if dtmf:
         dtmf_pt: int | None = dtmf[0]
     else:

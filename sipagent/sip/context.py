@@ -31,6 +31,8 @@ class EndpointConfig:
     min_se: int = 90
     #: Re-INVITE rather than UPDATE for session refresh unless the peer allows UPDATE.
     prefer_update_refresh: bool = True
+    #: SRTP-SDES policy for calls: "off", "optional" or "required" (see :mod:`.sdes`).
+    srtp: str = "off"
 
     def contact_for(self, transport: Transport) -> str:
         """Our Contact for requests and responses on ``transport``."""

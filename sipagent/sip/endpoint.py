@@ -83,7 +83,18 @@ def _default_token() -> str:
 class SipEndpoint:
     """A SIP UA serving many calls and registrations over any number of transports."""
 
-    def __init__(self, config: EndpointConfig, *, token_factory: Callable[[], str] = _default_token) -> None:
+    def __init__(
+        self,
+        config: EndpointConfig,
+        *,
+        token_factory: Callable[[], str] = _default_token,
+        srtp_rng: Callable[[int], bytes] | None = None,
+    ) -> None:
+        """``srtp_rng`` is the CSPRNG our SDES keys come from (``os.urandom``); needed unless
+        ``config.srtp`` is ``"off"``."""
+        if config.srtp != "off" and srtp_rng is None:
+            raise LocalProtocolError(f"srtp={config.srtp!r} needs srtp_rng")
+        self._srtp_rng = srtp_rng
         self.config = config
         self._token = token_factory
         self._client_txs: dict[tuple[str, str], tuple[ClientTransaction, TransactionOwner]] = {}
@@ -261,7 +272,7 @@ class SipEndpoint:
         hop = outbound_proxy or target
         destination = uri_address(hop)
         call_id = f"{self.new_token()}@{self.config.public_host}"
-        media = MediaSession(self.config.public_host, rtp_port, session_id=self._session_id())
+        media = self._media_session(rtp_port)
         session = InviteSession(self, call_id=call_id, role="uac", media=media, flow=destination)
         local = from_uri or SipUri(host=self.config.public_host, user=self.config.contact_user)
         headers = Headers()
@@ -330,6 +341,17 @@ class SipEndpoint:
         if call is None:
             raise LocalProtocolError(f"no call {call_id!r}")
         return call
+
+    def _media_session(self, rtp_port: int) -> MediaSession:
+        if self.config.srtp == "off":
+            return MediaSession(self.config.public_host, rtp_port, session_id=self._session_id())
+        return MediaSession(
+            self.config.public_host,
+            rtp_port,
+            session_id=self._session_id(),
+            srtp=self.config.srtp,
+            srtp_rng=self._srtp_rng,
+        )
 
     def _session_id(self) -> int:
         return int(self.new_token()[:8], 16)
@@ -479,7 +501,7 @@ class SipEndpoint:
         # Parsed before the call exists, so a bad one (tel:, garbage) leaves no half-made call.
         callee = invite.request_uri()
         # The RTP port is chosen when the app answers; 9 (discard) is a placeholder never sent.
-        media = MediaSession(self.config.public_host, 9, session_id=self._session_id())
+        media = self._media_session(9)
         flow = Address(as_transport(source.transport), source.host, source.port)
         call = InviteSession(self, call_id=call_id, role="uas", media=media, flow=flow)
         if not call.start_uas(invite, tx, now):

@@ -18,7 +18,14 @@ in one place:
   restricted by what we want (we may be holding the peer). ``c=0.0.0.0`` (RFC 2543 hold) means the
   peer is holding us: we answer ``recvonly`` and never send.
 * **Rejection.** No acceptable audio stream raises :class:`OfferRejected` (488) naming every
-  stream's reason. SRTP profiles (``RTP/SAVP``…) are rejected as not supported yet.
+  stream's reason. DTLS-SRTP and AVPF profiles (``UDP/TLS/RTP/SAVP``, ``RTP/SAVPF``…) are
+  rejected as not supported yet.
+* **SRTP** (SDES, RFC 4568; rules in :mod:`.sdes`): the ``srtp`` policy decides whether
+  ``RTP/SAVP`` offers are refused (``off``, the default), accepted alongside ``RTP/AVP``
+  (``optional``) or demanded, and offered, instead of it (``required``). An accepted SAVP stream
+  is answered with one ``a=crypto`` line: the offered tag and suite, our key. Once SRTP is in
+  force our re-offers stay ``RTP/SAVP`` with the same tag, suite and key, whatever the policy,
+  so a refresh changes nothing. :attr:`NegotiatedMedia.srtp` carries the keys to the RTP layer.
 * **Answers to our offers** (:meth:`MediaSession.process_answer`) must keep the m-line count and
   pick an audio payload type we offered, with the mapping we offered; extra formats the answerer
   lists are ignored (§6.1 allows them; we can't send them).
@@ -29,19 +36,32 @@ in one place:
 * **Dynamic payload types stay bound** (§8.3.2): once telephone-event has a number in this call,
   our later offers reuse it, and we never offer a number the peer bound to another codec.
 
-Sans-IO: no clock, no randomness. The session id is injected by the caller.
+Sans-IO: no clock, no randomness of its own. The session id and the SRTP key source
+(``srtp_rng``, ``os.urandom`` in production) are injected by the caller.
 """
 
 from __future__ import annotations
 
 import copy
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
+from ..rtp.srtp import CryptoAttribute, SrtpParams
 from .errors import LocalProtocolError, OfferRejected, RemoteProtocolError
+from .sdes import (
+    DEFAULT_SUITES,
+    PLAIN_RTP,
+    SAVP,
+    LocalKeys,
+    SrtpPolicy,
+    examine_transport,
+    match_answer_crypto,
+    offer_crypto,
+    parse_suites,
+)
 from .sdp import (
     STATIC_PAYLOAD_TYPES,
     Connection,
@@ -59,6 +79,8 @@ __all__ = [
     "SUPPORTED_CODECS",
     "MediaSession",
     "NegotiatedMedia",
+    "SrtpParams",
+    "SrtpPolicy",
 ]
 
 #: Codecs we can encode and decode, with their static RFC 3551 payload types.
@@ -71,8 +93,6 @@ DTMF_EVENTS: Final = "0-16"
 _DEFAULT_REMOTE_EVENTS: Final = "0-15"
 #: Packetizations we agree to send; outside this a peer's a=ptime is more likely a typo than a wish.
 _PTIME_MIN, _PTIME_MAX = 10, 120
-_PLAIN_RTP: Final = "RTP/AVP"
-_SRTP_PROFILES: Final = frozenset({"RTP/SAVP", "RTP/SAVPF", "UDP/TLS/RTP/SAVP", "UDP/TLS/RTP/SAVPF"})
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,10 @@ class NegotiatedMedia:
     local_port: int
     #: Index of the audio m-line in the SDP, for later re-offers.
     stream_index: int
+    #: SDES-SRTP keys (ours to protect with, the peer's to unprotect with), None for plain RTP.
+    #: Keep the :class:`~sipagent.rtp.srtp.SrtpSession` while this stays equal; on a change call
+    #: its ``update()``, which rebuilds only the direction whose key changed.
+    srtp: SrtpParams | None = None
 
     def __post_init__(self) -> None:
         for name in ("remote_port", "remote_rtcp_port", "local_port"):
@@ -133,17 +157,20 @@ class _LocalOffer:
     direction: Direction
     payloads: dict[int, RtpMap]
     dtmf_payload_type: int | None
+    #: Our a=crypto lines when the offer is RTP/SAVP.
+    crypto: tuple[CryptoAttribute, ...] = ()
     answered: bool = False
 
 
 @dataclass(frozen=True)
 class _Codecs:
-    """The payload types picked from the peer's m-line (its numbers)."""
+    """The payload types picked from the peer's m-line (its numbers), and its a=crypto line."""
 
     payload_type: int
     codec: str
     dtmf: int | None
     cn: int | None
+    crypto: CryptoAttribute | None = None
 
 
 class MediaSession:
@@ -154,6 +181,10 @@ class MediaSession:
     ``session_id`` is injected so the core stays deterministic; the adapter draws it at random
     (RFC 8866 only asks for uniqueness). ``session_version`` defaults to the session id, as the
     RFC 3264 examples and most stacks do.
+
+    ``srtp`` is the SRTP policy (``"off"``, ``"optional"``, ``"required"``; see :mod:`.sdes`),
+    ``srtp_suites`` our suite preference, and ``srtp_rng`` the CSPRNG our SRTP keys come from
+    (``os.urandom``), required unless the policy is ``off``.
     """
 
     def __init__(
@@ -170,6 +201,9 @@ class MediaSession:
         session_version: int | None = None,
         username: str = "-",
         session_name: str = "sipagent",
+        srtp: SrtpPolicy | str = SrtpPolicy.OFF,
+        srtp_suites: Sequence[str] = DEFAULT_SUITES,
+        srtp_rng: Callable[[int], bytes] | None = None,
     ) -> None:
         names = [c.upper() for c in codecs]
         unknown = [c for c in names if c not in SUPPORTED_CODECS]
@@ -186,6 +220,16 @@ class MediaSession:
             raise LocalProtocolError("session_id and session_version must be non-negative")
         if not username or any(c.isspace() for c in username) or any(c in "\r\n\0" for c in session_name):
             raise LocalProtocolError("username must be one token; session_name must be one line")
+        try:
+            self._srtp = SrtpPolicy(srtp)
+        except ValueError:
+            raise LocalProtocolError(
+                f"srtp must be one of {[p.value for p in SrtpPolicy]}, got {srtp!r}"
+            ) from None
+        if self._srtp is not SrtpPolicy.OFF and srtp_rng is None:
+            raise LocalProtocolError(f"srtp={self._srtp.value!r} needs srtp_rng (os.urandom) for our keys")
+        self._srtp_suites = parse_suites(srtp_suites)
+        self._keys = LocalKeys(srtp_rng)
         self.local_address = local_address
         self._codecs = names
         self._dtmf = dtmf
@@ -242,6 +286,18 @@ class MediaSession:
         """We sent an offer that no answer has reached yet."""
         return self._local_offer is not None and not self._local_offer.answered
 
+    @property
+    def srtp_policy(self) -> SrtpPolicy:
+        """Whether SRTP is off, optional or required for this call."""
+        return self._srtp
+
+    def rekey_srtp(self) -> None:
+        """Use fresh SRTP keys of ours from the next offer or answer on (RFC 4568 §7.1.4).
+
+        Without this our keys stay the same for the whole call, so a refresh changes nothing.
+        """
+        self._keys.rekey()
+
     def set_public_address(self, address: str) -> None:
         """Change the advertised address (e.g. STUN found a new one); the next SDP bumps o=."""
         try:
@@ -273,12 +329,14 @@ class MediaSession:
         payloads = {SUPPORTED_CODECS[name]: RtpMap(name, G711_CLOCK_RATE) for name in self._codecs}
         if dtmf_pt is not None:
             payloads[dtmf_pt] = RtpMap("telephone-event", G711_CLOCK_RATE)
-        audio = self._audio_media(_PLAIN_RTP, payloads, dtmf_pt, wanted)
-        index = self._negotiated.stream_index if self._negotiated is not None else 0
+        current = self._negotiated
+        crypto = offer_crypto(self._keys, self._srtp, self._srtp_suites, current.srtp if current else None)
+        audio = self._audio_media(SAVP if crypto else PLAIN_RTP, payloads, dtmf_pt, wanted, crypto)
+        index = current.stream_index if current is not None else 0
         media = [_rejected(slot) for slot in self._slots] or [audio]
         media[index] = audio
         sdp = self._stamp(media)
-        self._local_offer = _LocalOffer(sdp, index, wanted, payloads, dtmf_pt)
+        self._local_offer = _LocalOffer(sdp, index, wanted, payloads, dtmf_pt, crypto)
         return sdp
 
     def refresh_offer(self) -> SessionDescription:
@@ -296,12 +354,19 @@ class MediaSession:
             payloads[current.dtmf_payload_type] = RtpMap("telephone-event", G711_CLOCK_RATE)
         if current.cn_payload_type is not None:
             payloads[current.cn_payload_type] = RtpMap("CN", G711_CLOCK_RATE)
-        audio = self._audio_media(_PLAIN_RTP, payloads, current.dtmf_payload_type, current.local_direction)
+        crypto = offer_crypto(self._keys, self._srtp, self._srtp_suites, current.srtp)
+        audio = self._audio_media(
+            SAVP if crypto else PLAIN_RTP,
+            payloads,
+            current.dtmf_payload_type,
+            current.local_direction,
+            crypto,
+        )
         media = [_rejected(slot) for slot in self._slots] or [audio]
         media[current.stream_index] = audio
         sdp = self._stamp(media)
         self._local_offer = _LocalOffer(
-            sdp, current.stream_index, current.local_direction, payloads, current.dtmf_payload_type
+            sdp, current.stream_index, current.local_direction, payloads, current.dtmf_payload_type, crypto
         )
         return sdp
 
@@ -313,8 +378,9 @@ class MediaSession:
         """Apply the answer to our last offer (from a 18x, a 2xx or an ACK).
 
         Raises :class:`OfferRejected` when the answer cannot be used (wrong m-line count, our audio
-        stream rejected, no payload type we offered), :class:`RemoteProtocolError` when it is
-        malformed, :class:`LocalProtocolError` when no offer of ours is outstanding.
+        stream rejected, no payload type we offered, no a=crypto line matching our SRTP offer),
+        :class:`RemoteProtocolError` when it is malformed, :class:`LocalProtocolError` when no
+        offer of ours is outstanding.
         """
         offer = self._local_offer
         if offer is None:
@@ -325,11 +391,15 @@ class MediaSession:
                 " (RFC 3264 §6 requires the same number)"
             )
         m = answer.media[offer.audio_index]
-        if m.media.lower() != "audio" or m.proto.upper() != _PLAIN_RTP:
+        if m.media.lower() != "audio" or m.proto.upper() != (SAVP if offer.crypto else PLAIN_RTP):
             raise OfferRejected(f"the answer changed our audio stream to m={m.media} {m.proto} (RFC 3264 §6)")
         if m.is_rejected:
             raise OfferRejected("the answer rejected our audio stream (port 0)")
         codecs = self._codecs_from_answer(m, offer)
+        srtp: SrtpParams | None = None
+        if offer.crypto:
+            ours, theirs = match_answer_crypto(m.crypto, offer.crypto)
+            srtp = SrtpParams(ours.suite, ours.key_salt, theirs.key_salt, ours.tag)
         remote_direction = answer.media_direction(m)
         connection = _connection(answer, m, offer.audio_index)
         held = connection.is_null or (offer.direction.sends and not remote_direction.receives)
@@ -337,7 +407,7 @@ class MediaSession:
         if connection.is_null:
             local = local.restricted_to(Direction.RECVONLY)
         result = self._negotiate(
-            answer, m, offer.audio_index, codecs, offer.dtmf_payload_type, local, remote_direction, held
+            answer, m, offer.audio_index, codecs, offer.dtmf_payload_type, local, remote_direction, held, srtp
         )
         offer.answered = True
         self._slots = [_rejected(x) for x in offer.sdp.media]
@@ -387,11 +457,20 @@ class MediaSession:
             payloads[codecs.dtmf] = RtpMap("telephone-event", G711_CLOCK_RATE)
         if codecs.cn is not None:
             payloads[codecs.cn] = RtpMap("CN", G711_CLOCK_RATE)
-        media = [_rejected(x) for x in offer.media]
-        media[index] = self._audio_media(m.proto, payloads, codecs.dtmf, local)
         # Everything that can reject the offer has run by now, so a rejected re-offer leaves the
-        # session state and our o= version untouched.
-        negotiated = self._negotiate(offer, m, index, codecs, codecs.dtmf, local, remote_direction, held)
+        # session state (our keys included) and our o= version untouched.
+        srtp: SrtpParams | None = None
+        crypto: tuple[CryptoAttribute, ...] = ()
+        if codecs.crypto is not None:
+            crypto = (self._keys.attribute(codecs.crypto.tag, codecs.crypto.suite),)
+            srtp = SrtpParams(
+                codecs.crypto.suite, crypto[0].key_salt, codecs.crypto.key_salt, codecs.crypto.tag
+            )
+        media = [_rejected(x) for x in offer.media]
+        media[index] = self._audio_media(m.proto, payloads, codecs.dtmf, local, crypto)
+        negotiated = self._negotiate(
+            offer, m, index, codecs, codecs.dtmf, local, remote_direction, held, srtp
+        )
         self._local_offer = None
         self._slots = [_rejected(x) for x in offer.media]
         return self._stamp(media), negotiated
@@ -409,15 +488,15 @@ class MediaSession:
 
     def _examine(self, sd: SessionDescription, m: MediaDescription) -> tuple[str, _Codecs | None]:
         """Whether we can take this offered stream: a reason why not, or the codecs to use."""
-        proto = m.proto.upper()
         if m.is_rejected:
             return "disabled by the offerer (port 0)", None
         if m.media.lower() != "audio":
             return "not an audio stream", None
-        if proto in _SRTP_PROFILES:
-            return f"SRTP ({m.proto}) is not supported yet; offer RTP/AVP", None
-        if proto != _PLAIN_RTP:
-            return f"transport {m.proto} is not supported (only RTP/AVP)", None
+        reason, crypto = examine_transport(
+            m.proto, m.crypto, self._srtp, self._srtp_suites, self._keys.in_use
+        )
+        if reason:
+            return reason, None
         connection = sd.media_connection(m)
         if connection is not None and (
             connection.nettype.upper() != "IN" or connection.addrtype.upper() != self._addrtype
@@ -432,7 +511,7 @@ class MediaSession:
             pt = _find(offered, name, G711_CLOCK_RATE)
             if pt is not None:
                 dtmf = _find(offered, "telephone-event", G711_CLOCK_RATE) if self._dtmf else None
-                return "", _Codecs(pt, name, dtmf, _find(offered, "CN", G711_CLOCK_RATE))
+                return "", _Codecs(pt, name, dtmf, _find(offered, "CN", G711_CLOCK_RATE), crypto)
         listed = ", ".join(str(x) for x in offered.values()) or " ".join(m.formats) or "nothing"
         return f"no codec in common (offered {listed}; we support {', '.join(self._codecs)})", None
 
@@ -478,6 +557,7 @@ class MediaSession:
         local: Direction,
         remote_direction: Direction,
         held: bool,
+        srtp: SrtpParams | None,
     ) -> NegotiatedMedia:
         connection = _connection(remote, m, index)
         rtcp = m.rtcp
@@ -513,6 +593,7 @@ class MediaSession:
             remote_direction=remote_direction,
             local_port=self._port,
             stream_index=index,
+            srtp=srtp,
         )
         self._negotiated = result
         self._remote = copy.deepcopy(remote)
@@ -534,7 +615,12 @@ class MediaSession:
         return next((pt for pt in candidates if pt not in taken), self._preferred_dtmf_pt)
 
     def _audio_media(
-        self, proto: str, payloads: dict[int, RtpMap], dtmf_pt: int | None, direction: Direction
+        self,
+        proto: str,
+        payloads: dict[int, RtpMap],
+        dtmf_pt: int | None,
+        direction: Direction,
+        crypto: Sequence[CryptoAttribute] = (),
     ) -> MediaDescription:
         m = MediaDescription(
             media="audio", port=self._port, proto=proto, formats=[str(pt) for pt in payloads]
@@ -545,6 +631,8 @@ class MediaSession:
         if dtmf_pt is not None:
             m.add_attribute("fmtp", f"{dtmf_pt} {DTMF_EVENTS}")
         m.add_attribute("ptime", str(self._ptime))
+        for attribute in crypto:
+            m.add_attribute("crypto", str(attribute))
         # Always explicit, even sendrecv: some peers treat a missing attribute as "no change".
         m.add_attribute(direction.value)
         return m

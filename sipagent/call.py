@@ -1,0 +1,146 @@
+"""One call's media and behaviour: the RTP engine, the optional recording, and what the call does
+with the caller's audio (``echo`` mode sends it straight back; the voice pipeline plugs in here).
+
+The SIP side of the call lives in the endpoint; the server connects the two by Call-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .net.media import MediaTransport
+from .rtp.events import DtmfReceived, MediaEvent, MediaTimeout, SourceChanged, SrtpRejected
+from .rtp.frames import FrameKind, silence
+from .rtp.recorder import CallRecorder
+from .rtp.session import NegotiatedStream, RtpSession, RtpSessionConfig, Tick
+from .sip.events import Event
+
+log = logging.getLogger("sipagent.call")
+
+
+@dataclass
+class CallOptions:
+    """How calls behave; built from the settings by the server."""
+
+    mode: str = "echo"
+    bind: str = "0.0.0.0"
+    port_min: int = 10000
+    port_max: int = 20000
+    media_timeout: float = 30.0
+    #: Write both legs as WAV under this folder (None: no recording).
+    record_dir: Path | None = None
+    #: Echo mode repeats received DTMF back as RFC 4733 events (so a peer can check ours).
+    echo_dtmf: bool = True
+
+
+@dataclass
+class Call:
+    """Media state of one call."""
+
+    call_id: str
+    options: CallOptions
+    hangup: Callable[[str], None]
+    transport: MediaTransport | None = None
+    recorder: CallRecorder | None = None
+    digits: list[str] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set once the call was answered or ended (outbound calls wait on it).
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    outcome: Event | None = None
+    started: bool = False
+
+    async def open(self) -> int:
+        """Bind the media ports; returns the RTP port to put in SDP."""
+        loop = asyncio.get_running_loop()
+        session = RtpSession(
+            ssrc=secrets.randbits(32),
+            first_sequence=secrets.randbits(16),
+            first_timestamp=secrets.randbits(32),
+            cname=f"sipagent-{secrets.token_hex(4)}",
+            rng=random.Random(secrets.randbits(64)),
+            now=loop.time(),
+            wall_offset=time.time() - loop.time(),
+            config=RtpSessionConfig(
+                # An echo returns exactly what arrives (the caller keeps the line busy); an agent
+                # must send silence itself when it has nothing to say.
+                fill_silence=self.options.mode != "echo",
+                media_timeout=self.options.media_timeout,
+            ),
+        )
+        self.transport = MediaTransport(session, self._on_tick, self._on_media_event)
+        port = await self.transport.bind(self.options.bind, self.options.port_min, self.options.port_max)
+        if self.options.record_dir is not None:
+            self.options.record_dir.mkdir(parents=True, exist_ok=True)
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.call_id)[:80]
+            self.recorder = CallRecorder(self.options.record_dir / safe)
+        return port
+
+    @property
+    def session(self) -> RtpSession:
+        """The media engine (after :meth:`open`)."""
+        assert self.transport is not None
+        return self.transport.session
+
+    def apply(self, media: NegotiatedStream) -> None:
+        """Follow negotiated media; starts the 20 ms clock the first time."""
+        if self.transport is None or self.transport.closed:
+            return
+        self.session.configure(media)
+        if not self.started:
+            self.started = True
+            self.transport.start()
+        else:
+            self.transport.pump()
+
+    def _on_tick(self, tick: Tick) -> None:
+        if self.recorder is not None:
+            self.recorder.write_inbound(tick.inbound.samples)
+            self.recorder.write_outbound(tick.outbound if tick.outbound is not None else silence())
+        if self.options.mode == "echo" and tick.inbound.kind is FrameKind.VOICE:
+            self.session.send_frames([tick.inbound.samples])
+
+    def _on_media_event(self, event: MediaEvent) -> None:
+        if isinstance(event, DtmfReceived):
+            log.info("call %s: DTMF %s (%d ms)", self.call_id, event.digit, event.duration_ms)
+            self.digits.append(event.digit)
+            if self.options.mode == "echo" and self.options.echo_dtmf and self.session.dtmf_out is not None:
+                self.session.send_dtmf(event.digit, max(40, min(event.duration_ms, 500)))
+        elif isinstance(event, MediaTimeout):
+            log.warning("call %s: no RTP for %.0f s, hanging up", self.call_id, event.silent_for)
+            self.hangup("media-timeout")
+        elif isinstance(event, SrtpRejected):
+            log.warning("call %s: %d SRTP packets failed authentication", self.call_id, event.count)
+        elif isinstance(event, SourceChanged):
+            log.info("call %s: RTP source changed to %#010x", self.call_id, event.new_ssrc)
+
+    def close(self) -> None:
+        """Release media and finish the recording."""
+        if self.transport is not None and not self.transport.closed:
+            session = self.session
+            p50, p99 = self.transport.send_error_percentiles()
+            log.info(
+                "call %s media: received %d, sent %d (audio %d, silence %d, dtmf %d), jitter buffer lost %d"
+                " late %d, send error p50 %.2f ms p99 %.2f ms",
+                self.call_id,
+                session.stats.received,
+                session.pacer.stats().packets_sent,
+                session.pacer.stats().audio_packets,
+                session.pacer.stats().silence_packets,
+                session.pacer.stats().event_packets,
+                session.jitter.stats.lost,
+                session.jitter.stats.late,
+                p50,
+                p99,
+            )
+            self.transport.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        self.ended.set()
+        self.settled.set()
