@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from sipagent.pcapio import read_udp, write_udp
@@ -25,7 +26,7 @@ IMPAIRED = Impairments(loss=0.05, jitter_ms=60.0, reorder=0.02, duplicate=0.02, 
 
 def _frames_under(
     impairments: Impairments, name: str = "speech-librivox-0870.pcap"
-) -> tuple[list, dict[int, bytes]]:
+) -> tuple[list[Tick], dict[int, bytes]]:
     leg = load_caller_leg(FIXTURES / name)
     replay = Replay(leg, impairments)
     session = replay.session
@@ -65,7 +66,10 @@ def test_jitter_buffer_on_a_fixture_with_loss_jitter_reorder_and_duplicates() ->
     # Quality against the clean decode, frame by frame by sender timestamp. Waveform SNR punishes
     # the phase of a concealed frame more than the ear does, so two figures: segmental SNR over
     # all played frames, and the log-spectral distance of concealed frames (zero fill as baseline).
-    clean = {ts: g711.decode(payload, "PCMU").astype(np.float64) for ts, payload in sent.items()}
+    # Keyed by the frame timestamps the buffer reports (None never matches a sent packet).
+    clean: dict[int | None, npt.NDArray[np.float64]] = {
+        ts: g711.decode(payload, "PCMU").astype(np.float64) for ts, payload in sent.items()
+    }
     scored = [f for f in played if f.timestamp in clean and len(clean[f.timestamp]) == SAMPLES_PER_FRAME]
 
     def segment_snr(frame: AudioFrame) -> float:
