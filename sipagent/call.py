@@ -116,7 +116,11 @@ class Call:
             log.warning("call %s: no RTP for %.0f s, hanging up", self.call_id, event.silent_for)
             self.hangup("media-timeout")
         elif isinstance(event, SrtpRejected):
-            log.warning("call %s: %d SRTP packets failed authentication", self.call_id, event.count)
+            log.warning(
+                "call %s: %d SRTP packets rejected (authentication, replay or malformed)",
+                self.call_id,
+                event.count,
+            )
         elif isinstance(event, SourceChanged):
             log.info("call %s: RTP source changed to %#010x", self.call_id, event.new_ssrc)
 

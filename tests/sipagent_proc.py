@@ -6,10 +6,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-from tests.peers.ports import HOST, free_port_block, free_sip_port
+from tests.peers.ports import HOST, free_port_block, free_sip_port, free_tcp_port
 from tests.peers.proc import ManagedProcess
+from tests.peers.tls import PkiFiles
 
 #: How many RTP ports each test server gets: small, so a capture filter can name them all.
 RTP_PORTS = 16
@@ -29,6 +30,12 @@ class SipagentServer:
     rtp_port_count: int = RTP_PORTS
     rtp_min: int = 0
     process: ManagedProcess | None = None
+
+    @classmethod
+    def with_tls(cls, workdir: Path, pki: PkiFiles, **kwargs: Any) -> SipagentServer:
+        """A server listening on UDP and on TLS (a free port) with the test PKI's certificate."""
+        extra = ("--tls-cert", str(pki.cert), "--tls-key", str(pki.key), *kwargs.pop("extra_args", ()))
+        return cls(workdir, transports=("udp", "tls"), tls_port=free_tcp_port(), extra_args=extra, **kwargs)
 
     def __post_init__(self) -> None:
         if not self.rtp_min:

@@ -17,7 +17,6 @@ import pytest
 
 from tests.peers.audio import read_wav, tone_sequence, wav_stats, write_wav
 from tests.peers.baresip import Baresip, Transport
-from tests.peers.ports import free_tcp_port
 from tests.peers.tls import make_test_pki
 from tests.sipagent_proc import SipagentServer
 
@@ -65,15 +64,9 @@ def test_baresip_hears_its_echo_over_udp(tmp_path: Path) -> None:
 
 def test_baresip_over_tls_with_self_signed_certificate(tmp_path: Path) -> None:
     pki = make_test_pki(tmp_path / "pki")
-    tls_port = free_tcp_port()
-    server = SipagentServer(
-        tmp_path / "server",
-        transports=("udp", "tls"),
-        tls_port=tls_port,
-        extra_args=("--tls-cert", str(pki.cert), "--tls-key", str(pki.key)),
-    )
+    server = SipagentServer.with_tls(tmp_path / "server", pki)
     with server:
-        uri = f"sip:echo@127.0.0.1:{tls_port};transport=tls"
+        uri = f"sip:echo@127.0.0.1:{server.tls_port};transport=tls"
         baresip = _call(tmp_path, server, uri, "tls", ca_file=pki.ca_cert)
         with baresip:
             baresip.wait_for_event("CALL_ESTABLISHED", timeout=10)
@@ -87,15 +80,9 @@ def test_baresip_over_tls_with_self_signed_certificate(tmp_path: Path) -> None:
 
 def test_sipagent_hangs_up_over_the_same_tls_connection(tmp_path: Path) -> None:
     pki = make_test_pki(tmp_path / "pki")
-    tls_port = free_tcp_port()
-    server = SipagentServer(
-        tmp_path / "server",
-        transports=("udp", "tls"),
-        tls_port=tls_port,
-        extra_args=("--tls-cert", str(pki.cert), "--tls-key", str(pki.key)),
-    )
+    server = SipagentServer.with_tls(tmp_path / "server", pki)
     with server:
-        uri = f"sip:echo@127.0.0.1:{tls_port};transport=tls"
+        uri = f"sip:echo@127.0.0.1:{server.tls_port};transport=tls"
         wav = write_wav(tmp_path / "mic.wav", tone_sequence(20.0, tones_hz=TONES))
         with Baresip(
             tmp_path / "baresip", audio_wav=wav, transport="tls", dial=uri, ca_file=pki.ca_cert
