@@ -23,6 +23,7 @@ from ..rtp.session import RtpSession, Tick
 log = logging.getLogger("sipagent.rtp")
 
 Addr = tuple[str, int]
+_ARM_EARLY_S = 0.001
 #: How many recent ticks the send-time error percentiles cover.
 _ERROR_WINDOW = 3000
 
@@ -126,6 +127,10 @@ class MediaTransport:
         while (event := self.session.next_event()) is not None:
             self.on_event(event)
         deadline = self.session.get_timer()
+        if deadline is not None:
+            # Loop timers fire up to ~1 ms late (millisecond epoll timeouts); the session accepts
+            # a tick 1 ms early, so arming early centres the send-time error on zero.
+            deadline -= _ARM_EARLY_S
         if self._timer is not None and (deadline is None or abs(self._timer.when() - deadline) > 1e-6):
             self._timer.cancel()
             self._timer = None

@@ -19,6 +19,8 @@ SAMPLES_PER_FRAME = SAMPLE_RATE * PTIME_MS // 1000  # 160
 FRAME_SECONDS = PTIME_MS / 1000
 
 Pcm = npt.NDArray[np.int16]
+#: Compared against in AudioFrame's validation: ``dtype != np.int16`` builds a dtype per call.
+_INT16 = np.dtype(np.int16)
 
 
 def silence() -> Pcm:
@@ -46,6 +48,6 @@ class AudioFrame:
     timestamp: int | None = None
 
     def __post_init__(self) -> None:
-        if self.samples.shape != (SAMPLES_PER_FRAME,) or self.samples.dtype != np.int16:
+        if self.samples.shape != (SAMPLES_PER_FRAME,) or self.samples.dtype != _INT16:
             got = f"{self.samples.dtype} {self.samples.shape}"
             raise ValueError(f"an AudioFrame holds {SAMPLES_PER_FRAME} int16 samples, got {got}")

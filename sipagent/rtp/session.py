@@ -41,6 +41,8 @@ Addr = tuple[str, int]
 COMFORT_NOISE_PT = 13
 #: Ticks handled in one ``handle_timer`` call at most; a longer stall skips ahead (the pacer too).
 _MAX_CATCH_UP_TICKS = 10
+#: How early a tick may be handled (the pacer allows the same).
+_EARLY_S = 0.001
 #: Report rejected SRTP packets at most this often (a flood must not flood the app too).
 _SRTP_REPORT_INTERVAL = 1.0
 
@@ -346,7 +348,9 @@ class RtpSession:
         """Run every tick due by ``now`` (bounded catch-up), then RTCP, DTMF and timeout checks."""
         if self._t0 is None:
             return
-        due = int((now - self._t0) / FRAME_SECONDS + 1e-6) + 1 - self._ticks
+        # A tick may run up to _EARLY_S before it is due: event loops wake on millisecond
+        # granularity, so the adapter arms 1 ms early and the packet leaves on time, not late.
+        due = int((now + _EARLY_S - self._t0) / FRAME_SECONDS + 1e-6) + 1 - self._ticks
         if due > _MAX_CATCH_UP_TICKS:
             # A long stall (GC, a blocked loop): frames for the skipped time are gone; keep the
             # inbound clock in step with the pacer rather than bursting stale audio to the app.
