@@ -128,16 +128,17 @@ class Call:
         """Release media and finish the recording."""
         if self.transport is not None and not self.transport.closed:
             session = self.session
+            sent = session.pacer.stats()
             p50, p99 = self.transport.send_error_percentiles()
             log.info(
                 "call %s media: received %d, sent %d (audio %d, silence %d, dtmf %d), jitter buffer lost %d"
                 " late %d, send error p50 %.2f ms p99 %.2f ms",
                 self.call_id,
                 session.stats.received,
-                session.pacer.stats().packets_sent,
-                session.pacer.stats().audio_packets,
-                session.pacer.stats().silence_packets,
-                session.pacer.stats().event_packets,
+                sent.packets_sent,
+                sent.audio_packets,
+                sent.silence_packets,
+                sent.event_packets,
                 session.jitter.stats.lost,
                 session.jitter.stats.late,
                 p50,

@@ -375,6 +375,11 @@ class Pacer:
 
     # -- statistics ----------------------------------------------------------------------------
 
+    def totals(self) -> tuple[int, int]:
+        """(packets, payload octets) sent so far: what an RTCP sender report needs, without the
+        percentile sort :meth:`stats` does."""
+        return self._packets_sent, self._octets_sent
+
     def stats(self) -> PacerStats:
         """A snapshot of the counters, with send-error percentiles over the recent window."""
         errors = sorted(self._errors)

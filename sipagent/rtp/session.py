@@ -386,9 +386,8 @@ class RtpSession:
 
     def _report(self, now: float) -> bytes:
         # The pacer knows exactly what went out; RTCP's sender info comes from it.
-        stats = self.pacer.stats()
         send = self.rtcp.send_stats
-        send.packet_count, send.octet_count = stats.packets_sent, stats.octets_sent
+        send.packet_count, send.octet_count = self.pacer.totals()
         return self.rtcp.build_report(now, now + self._wall_offset, self.pacer.timestamp_at(now))
 
     def _send_rtcp(self, data: bytes) -> None:
