@@ -25,8 +25,8 @@ Three parts, one run, one table:
    figure) or in the same event loop (the server pays for the peer's 2 × calls × 50 packets/s
    too). Send-time error is :attr:`MediaTransport.send_errors`: when each tick's packet really
    left minus when it was due. Calls start at random phases within 20 ms, as real calls do. A
-   ``work none`` run (:class:`_BareCall`) measures the loop and sockets alone; ``--early-ms``
-   adds runs with timers armed early (the proposed fix, emulated by :class:`_BenchTransport`).
+   ``work none`` run (:class:`_BareCall`) measures the loop and sockets alone (one timer and one
+   readiness callback per call, the way the media adapter worked before the shared clock).
 3. **Baselines, same run.** A naive ``await asyncio.sleep(0.02)`` pacer running beside the calls
    on the same loop (its lateness against the absolute schedule ``t0 + n·20 ms`` only grows), and
    per-sample Python G.711 against the lookup tables.
@@ -66,6 +66,7 @@ from typing import Any, cast
 import numpy as np
 
 from sipagent.net.media import MediaTransport
+from sipagent.net.media_clock import MediaClock
 from sipagent.replay.capture import load_caller_leg
 from sipagent.replay.impair import Impairments
 from sipagent.rtp.events import MediaEvent
@@ -506,77 +507,14 @@ class _PeerProtocol(asyncio.DatagramProtocol):
             self.stats.on_rtp(data, time.monotonic())
 
 
-class _Timer:
-    """A timer handle that knows its deadline, whatever the loop's ``call_at`` returned."""
-
-    __slots__ = ("_handle", "_when")
-
-    def __init__(self, handle: asyncio.Handle, when: float) -> None:
-        self._handle, self._when = handle, when
-
-    def when(self) -> float:
-        return self._when
-
-    def cancel(self) -> None:
-        self._handle.cancel()
-
-
-class _LoopShim:
-    """Stands between a :class:`MediaTransport` and its loop, for two experiments.
-
-    * uvloop: for a deadline under 0.5 ms away uvloop's ``call_at`` rounds the delay to 0 ms and
-      returns a plain ``Handle``, which has no ``when()``; ``MediaTransport.pump`` calls it and
-      raises (a bug to fix in ``net/media.py``; the shim keeps the deadline itself).
-    * early arming: the timer is armed ``early`` seconds before the deadline.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, early: float) -> None:
-        self._loop, self._early = loop, early
-        self.time = loop.time
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> _Timer:
-        return _Timer(self._loop.call_at(when - self._early, callback), when)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loop, name)
-
-
 class _BenchTransport(MediaTransport):
-    """A :class:`MediaTransport` that counts its timer wake-ups and can arm them early."""
+    """A :class:`MediaTransport` whose events the benchmark ignores."""
 
-    def __init__(self, session: RtpSession, on_tick: Callable[[Tick], None], early: float = 0.0) -> None:
-        super().__init__(session, on_tick, self._on_media_event)
-        self.wakeups = 0
-        self.early = early
-        if early or type(self.loop).__module__.startswith("uvloop"):
-            self.loop = cast(asyncio.AbstractEventLoop, _LoopShim(self.loop, early))
+    def __init__(self, session: RtpSession, on_tick: Callable[[Tick], None], clock: MediaClock) -> None:
+        super().__init__(session, on_tick, self._on_media_event, clock)
 
     def _on_media_event(self, event: MediaEvent) -> None:
         pass
-
-    def _on_timer(self) -> None:
-        self.wakeups += 1
-        if not self.early:
-            super()._on_timer()
-            return
-        # The proposed fix: a wake-up up to ``early`` before the deadline counts as on time (the
-        # session would compare against ``now + EARLY_TOLERANCE`` as the pacer already does).
-        timer, self._timer = self._timer, None
-        now = self.loop.time()
-        self.session.handle_timer(now if timer is None else max(now, timer.when()))
-        self.pump()
-
-
-async def _bind(transport: MediaTransport, rng: random.Random) -> int:
-    """``transport.bind``, retried: on uvloop a port taken by another program raises an OSError
-    without ``errno`` ("could not bind to local_addr"), which ``bind`` does not skip."""
-    for attempt in range(20):
-        try:
-            return await transport.bind(HOST, PORT_MIN, PORT_MAX, rng)
-        except OSError:
-            if attempt == 19:
-                raise
-    raise AssertionError("unreachable")
 
 
 def _echo_and_listen(session: RtpSession, vad: WebRtcVad) -> Callable[[Tick], None]:
@@ -642,7 +580,6 @@ class RealtimeRun:
     loop: str
     work: str  # "media": MediaTransports; "none": the loop and sockets alone (_BareCall)
     sink: str
-    early_ms: float
     calls: int
     seconds: float
     ticks: int
@@ -663,6 +600,9 @@ class RealtimeRun:
     naive_p99_ms: float
     naive_drift_ms: float  # how far behind the absolute schedule the naive pacer ended
     naive_rate_pps: float
+    concealed_fraction: float  # inbound frames concealed, of packets received (whole run)
+    late_fraction: float  # inbound packets that came after their audio was due
+    jitter_delay_ms: float  # median over the calls of the jitter buffer's delay at the end
     peer: dict[str, float]
 
 
@@ -672,7 +612,6 @@ async def _serve(
     calls: int,
     seconds: float,
     warmup: float,
-    early: float,
     bare: bool,
     peer_port: int | None,
     start_peer: Callable[[list[int]], None] | None,
@@ -692,6 +631,7 @@ async def _serve(
         rtcp_end, _ = await loop.create_datagram_endpoint(lambda: _PeerProtocol(None), sock=rtcp_sock)
         closers += [rtp_end.close, rtcp_end.close]
     transports: list[_BenchTransport | _BareCall] = []
+    clock = MediaClock(loop)
     for index in range(calls):
         if bare:
             factory = functools.partial(_BareCall, CallStream.draw(rng, 1), (HOST, peer_port))
@@ -699,8 +639,8 @@ async def _serve(
             transports.append(bare_call)
         else:
             session = _new_session(rng, index, loop.time())
-            media = _BenchTransport(session, _echo_and_listen(session, WebRtcVad()), early)
-            session.configure(_negotiate(await _bind(media, rng), peer_port, index))
+            media = _BenchTransport(session, _echo_and_listen(session, WebRtcVad()), clock)
+            session.configure(_negotiate(await media.bind(HOST, PORT_MIN, PORT_MAX, rng), peer_port, index))
             transports.append(media)
         closers.append(transports[-1].close)
     ports = [transport.port for transport in transports]
@@ -717,7 +657,9 @@ async def _serve(
     await asyncio.sleep(warmup)
     for transport in transports:
         transport.send_errors.clear()
-        transport.wakeups = 0
+        if isinstance(transport, _BareCall):
+            transport.wakeups = 0
+    clock.wakeups = 0
     errors: list[float] = []
     window_p99: list[float] = []
     naive_errors: list[float] = []
@@ -734,7 +676,8 @@ async def _serve(
         window_p99.append(_percentile(sorted(window), 0.99))
         errors.extend(window)
     usage1, busy1, wall1 = resource.getrusage(resource.RUSAGE_SELF), _machine_busy(), time.perf_counter()
-    wakeups = sum(transport.wakeups for transport in transports)
+    wakeups = clock.wakeups + sum(t.wakeups for t in transports if isinstance(t, _BareCall))
+    jitter = [t.session.jitter.stats for t in transports if isinstance(t, _BenchTransport)]
     for task in tasks:
         task.cancel()
     for close in closers:
@@ -752,7 +695,6 @@ async def _serve(
             loop=type(loop).__module__.split(".")[0],
             work="none" if bare else "media",
             sink="same loop" if peer is not None else "process",
-            early_ms=early * 1000,
             calls=calls,
             seconds=wall,
             ticks=ticks,
@@ -773,6 +715,9 @@ async def _serve(
             naive_p99_ms=_percentile(naive_errors_sorted, 0.99) * 1000,
             naive_drift_ms=naive_errors[-1] * 1000 if naive_errors else 0.0,
             naive_rate_pps=len(naive_errors) / wall,
+            concealed_fraction=sum(j.lost for j in jitter) / max(1, sum(j.received for j in jitter)),
+            late_fraction=sum(j.late for j in jitter) / max(1, sum(j.received for j in jitter)),
+            jitter_delay_ms=statistics.median(j.delay_ms for j in jitter) if jitter else 0.0,
             peer={},
         ),
         peer_stats,
@@ -833,7 +778,6 @@ def run_realtime(
     seconds: float,
     sink: str = "process",
     loop: str = "asyncio",
-    early_ms: float = 0.0,
     bare: bool = False,
     warmup: float = 1.0,
     seed: int = 11,
@@ -841,7 +785,6 @@ def run_realtime(
     """Part 2: ``calls`` transports on one ``loop`` for ``seconds`` (after ``warmup``).
 
     ``sink`` is ``"process"`` (the peer in a second process) or ``"loop"`` (the same event loop);
-    ``early_ms`` arms each timer that much before its deadline (the proposed fix, emulated);
     ``bare`` replaces the calls by :class:`_BareCall` s: what the loop and sockets cost alone.
     """
     if sink not in ("process", "loop"):
@@ -870,7 +813,6 @@ def run_realtime(
                     calls=calls,
                     seconds=seconds,
                     warmup=warmup,
-                    early=early_ms / 1000,
                     bare=bare,
                     peer_port=int(link.recv()) if link is not None else None,
                     start_peer=start_peer,
@@ -1008,13 +950,13 @@ def render(results: dict[str, Any]) -> str:
     )
     out += ["", "2. Real time: 127.0.0.1 sockets, one process, one event loop; send error = left - due (ms)"]
     out.append(
-        f"   {'loop':<8}{'work':<6}{'peer':<10}{'early':>6}{'calls':>6}{'p50':>7}{'p99':>7}{'p99/s':>7}"
+        f"   {'loop':<8}{'work':<6}{'peer':<10}{'calls':>6}{'p50':>7}{'p99':>7}{'p99/s':>7}"
         f"{'max':>7}{'>2ms':>7}{'CPU':>6}{'us/fr':>7}{'calls/core':>11}{'wake/tick':>10}{'peer p99':>9}"
         f"{'other':>7}"
     )
     for run in results["realtime"]:
         out.append(
-            f"   {run['loop']:<8}{run['work']:<6}{run['sink']:<10}{run['early_ms']:>6.1f}{run['calls']:>6}"
+            f"   {run['loop']:<8}{run['work']:<6}{run['sink']:<10}{run['calls']:>6}"
             f"{run['send_error_p50_ms']:>7.2f}{run['send_error_p99_ms']:>7.2f}{run['window_p99_median_ms']:>7.2f}"
             f"{run['send_error_max_ms']:>7.1f}{run['late_over_2ms']:>7.1%}{run['cpu_util']:>6.0%}"
             f"{run['per_frame_us']:>7.1f}{run['calls_per_core']:>11.0f}{run['wakeups_per_tick']:>10.2f}"
@@ -1028,7 +970,7 @@ def render(results: dict[str, Any]) -> str:
         "",
         "3. Ratios and baselines, same run",
     ]
-    media = [run for run in results["realtime"] if run["work"] == "media" and not run["early_ms"]]
+    media = [run for run in results["realtime"] if run["work"] == "media"]
     for run in media:
         out.append(
             f"   pacing ({run['loop']}, peer {run['sink']}, {run['calls']} calls): sleep(0.02) loop p99 "
@@ -1063,9 +1005,7 @@ def render(results: dict[str, Any]) -> str:
 
 def _targets(cpu: CpuSummary, realtime: list[RealtimeRun]) -> dict[str, Any]:
     """The issue's targets, judged on the largest asyncio run with the peer in another process."""
-    candidates = [
-        run for run in realtime if run.loop == "asyncio" and run.sink == "process" and not run.early_ms
-    ]
+    candidates = [run for run in realtime if run.loop == "asyncio" and run.sink == "process"]
     primary = max(candidates or realtime, key=lambda run: run.calls) if realtime else None
     per_core = primary.calls_per_core if primary is not None else cpu.calls_per_core
     p99 = primary.send_error_p99_ms if primary is not None else math.nan
@@ -1106,9 +1046,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--loop", choices=("asyncio", "uvloop", "both"), default="both", help="'both' skips a missing uvloop"
     )
-    parser.add_argument(
-        "--early-ms", type=float, default=0.0, help="also run asyncio with timers armed early"
-    )
     parser.add_argument("--no-realtime", action="store_true", help="skip part 2")
     parser.add_argument("--no-bare", action="store_true", help="skip the loop-and-sockets-alone run")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
@@ -1122,7 +1059,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     speech = load_speech()
-    plan: list[tuple[str, str, int, float, bool]] = []  # loop, sink, calls, early ms, bare
+    plan: list[tuple[str, str, int, bool]] = []  # loop, sink, calls, bare
     skipped: list[str] = []
     if not args.no_realtime:
         sinks = ("process", "loop") if args.sink == "both" else (args.sink,)
@@ -1134,16 +1071,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             for calls in args.rt_calls:
                 for sink in sinks if loop_name == "asyncio" else sinks[:1]:
-                    plan.append((loop_name, sink, calls, 0.0, False))
-                if args.early_ms and loop_name == "asyncio":
-                    plan.append((loop_name, sinks[0], calls, args.early_ms, False))
+                    plan.append((loop_name, sink, calls, False))
             if loop_name == "asyncio" and not args.no_bare:
-                plan.append((loop_name, sinks[0], max(args.rt_calls), 0.0, True))
+                plan.append((loop_name, sinks[0], max(args.rt_calls), True))
     realtime: list[RealtimeRun] = []
     # The real-time runs go first, before part 1 fills this process with its calls' objects.
-    for loop_name, sink, calls, early, bare in plan:
+    for loop_name, sink, calls, bare in plan:
         say(
-            f"real time: {calls} calls on {loop_name}, peer in the {sink}, early {early:g} ms, "
+            f"real time: {calls} calls on {loop_name}, peer in the {sink}, "
             f"{'no media work' if bare else 'media'} ..."
         )
         realtime.append(
@@ -1153,7 +1088,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seconds=args.rt_seconds,
                 sink=sink,
                 loop=loop_name,
-                early_ms=early,
                 bare=bare,
             )
         )

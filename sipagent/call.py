@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .net.media import MediaTransport
+from .net.media_clock import MediaClock
 from .rtp.events import DtmfReceived, MediaEvent, MediaTimeout, SourceChanged, SrtpRejected
 from .rtp.frames import FrameKind, silence
 from .rtp.recorder import CallRecorder
@@ -55,6 +56,8 @@ class Call:
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: Event | None = None
     started: bool = False
+    #: The loop's shared media clock (None: this call arms its own).
+    clock: MediaClock | None = None
 
     async def open(self) -> int:
         """Bind the media ports; returns the RTP port to put in SDP."""
@@ -74,7 +77,7 @@ class Call:
                 media_timeout=self.options.media_timeout,
             ),
         )
-        self.transport = MediaTransport(session, self._on_tick, self._on_media_event)
+        self.transport = MediaTransport(session, self._on_tick, self._on_media_event, self.clock)
         port = await self.transport.bind(self.options.bind, self.options.port_min, self.options.port_max)
         if self.options.record_dir is not None:
             self.options.record_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import ssl
 from .call import Call, CallOptions
 from .config import Settings
 from .net.media import PortRangeExhausted
+from .net.media_clock import MediaClock
 from .net.sip_transport import SipNetwork, default_local_address
 from .sip.address import uri_address
 from .sip.context import EndpointConfig
@@ -58,6 +59,8 @@ class Server:
             media_timeout=rtp.media_timeout,
             record_dir=settings.recording.directory if settings.recording.enabled else None,
         )
+        #: One timer per millisecond slot for every call's media (made on the running loop).
+        self.media_clock: MediaClock | None = None
         self.registered = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._allow = [
@@ -210,7 +213,11 @@ class Server:
         self.network.pump()
 
     def _new_call(self, call_id: str) -> Call:
-        return Call(call_id, self.call_options, hangup=lambda reason: self._hangup(call_id))
+        if self.media_clock is None:
+            self.media_clock = MediaClock()
+        return Call(
+            call_id, self.call_options, hangup=lambda reason: self._hangup(call_id), clock=self.media_clock
+        )
 
     def _on_incoming(self, event: IncomingCall) -> None:
         assert self.endpoint is not None and self.network is not None

@@ -276,7 +276,18 @@ class Pacer:
         horizon = now + EARLY_TOLERANCE
         if first_deadline > horizon:
             return []
-        # The last due tick, from a float estimate corrected against the exact deadlines.
+        out: list[bytes] = []
+        if t0 + ((first + 1) * PTIME_MS) / 1000 > horizon:
+            # The common case, once per tick: exactly one tick is due.
+            error = now - first_deadline
+            self._errors.append(error)
+            if error > self._error_max:
+                self._error_max = error
+            self._tick(first, out)
+            self._next_tick = first + 1
+            return out
+        # Several are due (a late timer): the last one, from a float estimate corrected against
+        # the exact deadlines.
         last = max(first, int((horizon - t0) / _FRAME_SECONDS))
         while t0 + ((last + 1) * PTIME_MS) / 1000 <= horizon:
             last += 1
@@ -286,7 +297,6 @@ class Pacer:
             self._skipped_ticks += last - first
             self._gap = True
             first = last
-        out: list[bytes] = []
         for tick in range(first, last + 1):
             error = now - (t0 + (tick * PTIME_MS) / 1000)
             self._errors.append(error)

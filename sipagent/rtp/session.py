@@ -319,6 +319,11 @@ class RtpSession:
         """Frames waiting to be sent."""
         return self.pacer.queued_frames
 
+    @property
+    def has_ticks(self) -> bool:
+        """Whether :meth:`next_tick` has something (saves the adapter a clock read when not)."""
+        return bool(self._ticks_out)
+
     def next_tick(self) -> Tick | None:
         """The oldest tick not yet taken by the app."""
         return self._ticks_out.popleft() if self._ticks_out else None
@@ -337,12 +342,15 @@ class RtpSession:
         """The next deadline: the next tick, an RTCP report or a DTMF end timeout."""
         if self._t0 is None:
             return None
-        deadlines = [self._t0 + self._ticks * FRAME_SECONDS, self.rtcp.next_time]
+        deadline = self._t0 + self._ticks * FRAME_SECONDS
+        rtcp = self.rtcp.next_time
+        if rtcp < deadline:
+            deadline = rtcp
         if self.dtmf_in is not None:
             dtmf = self.dtmf_in.get_timer()
-            if dtmf is not None:
-                deadlines.append(dtmf)
-        return min(deadlines)
+            if dtmf is not None and dtmf < deadline:
+                deadline = dtmf
+        return deadline
 
     def handle_timer(self, now: float) -> None:
         """Run every tick due by ``now`` (bounded catch-up), then RTCP, DTMF and timeout checks."""
