@@ -100,6 +100,8 @@ class MediaTransport:
         self.loop = asyncio.get_running_loop()
         self.clock = clock or MediaClock(self.loop)
         self.clock_slot: int | None = None
+        #: Where each datagram read from the RTP socket goes (with its source and arrival time).
+        self.deliver_rtp: Callable[[bytes, Addr, float], None] = session.receive_rtp
         self._rtp: socket.socket | None = None
         self._stamped = False
         self.rtcp = _RtcpSocket(self._on_rtcp)
@@ -154,7 +156,7 @@ class MediaTransport:
         sock = self._rtp
         if sock is None:
             return
-        receive = self.session.receive_rtp
+        receive = self.deliver_rtp
         for _ in range(_MAX_READ_PER_TICK):
             try:
                 if self._stamped:
