@@ -14,11 +14,16 @@ import pytest
 
 from sipagent.rtp.g711 import ulaw_decode, ulaw_encode
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_media.py"
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+SCRIPT = SCRIPTS / "bench_media.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
+    # Run as a command, the script has scripts/ first on sys.path (that is how it imports its
+    # benchkit package); loaded by file path here, it needs the same.
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
     spec = importlib.util.spec_from_file_location("bench_media", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

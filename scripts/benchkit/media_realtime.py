@@ -1,0 +1,518 @@
+"""Part 2 of the media benchmark: real time, real sockets (and the naive pacer baseline).
+
+``calls`` :class:`MediaTransport` s on one event loop in one process, bound on 127.0.0.1, each
+echoing the speech a *peer* replays to it every 20 ms. The peer's one socket pair feeds every call
+and, because sipagent answers symmetric RTP to where the packets come from, also receives (counts
+and discards) every packet the calls send. The peer runs either in a second process (the server
+process does only the server's work: the realistic figure) or in the same event loop (the server
+pays for the peer's 2 × calls × 50 packets/s too). Send-time error is
+:attr:`MediaTransport.send_errors`: when each tick's packet really left minus when it was due.
+Calls start at random phases within 20 ms, as real calls do. A ``work none`` run
+(:class:`_BareCall`) measures the loop and sockets alone (one timer and one readiness callback
+per call, the way the media adapter worked before the shared clock).
+
+Beside the calls, on the same loop, runs the baseline for pacing: a naive
+``await asyncio.sleep(0.02)`` pacer, whose lateness against the absolute schedule
+``t0 + n·20 ms`` only grows.
+
+The event loop is ``asyncio``'s own or, by name, any module with a ``new_event_loop`` (uvloop,
+which is not a project dependency: see :func:`uvloop_available`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gc
+import importlib
+import math
+import multiprocessing
+import random
+import resource
+import select
+import socket
+import statistics
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import cast
+
+from benchkit.common import (
+    FRAME,
+    FRAME_US,
+    HOST,
+    PORT_MAX,
+    PORT_MIN,
+    CallStream,
+    bind_pair,
+    machine_busy,
+    negotiate,
+    new_session,
+    percentile,
+)
+from sipagent.net.media import MediaTransport
+from sipagent.net.media_clock import MediaClock
+from sipagent.rtp.events import MediaEvent
+from sipagent.rtp.frames import PTIME_MS
+from sipagent.rtp.session import RtpSession, Tick
+from sipagent.voice.vad import WebRtcVad
+
+_TS_SSRC = struct.Struct("!II")
+#: The naive sleep(0.02) pacer's stream, which the peer leaves out of its arrival statistics.
+NAIVE_SSRC = 0x0BADCAFE
+_SILENCE = (bytes([0xFF]) * 160,)
+
+
+class _PeerStats:
+    """What the peer saw: packets in and out, and each stream's arrival spread.
+
+    The spread of ``arrival - timestamp / 8000`` within one stream, above its smallest value, is
+    how unevenly the packets arrived: the send-time error as a receiver sees it, plus the peer's
+    own lateness in reading them (so an upper bound).
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.rtcp_received = 0
+        self.sent = 0
+        self._transits: dict[int, list[float]] = {}
+        self._first_ts: dict[int, int] = {}
+        self.measure_from = math.inf
+
+    def on_rtp(self, data: bytes, now: float) -> None:
+        self.received += 1
+        if now < self.measure_from or len(data) < 12:
+            return
+        timestamp, ssrc = _TS_SSRC.unpack_from(data, 4)
+        if ssrc == NAIVE_SSRC:
+            return
+        first = self._first_ts.setdefault(ssrc, timestamp)
+        self._transits.setdefault(ssrc, []).append(now - ((timestamp - first) & 0xFFFFFFFF) / 8000)
+
+    def spread_ms(self) -> tuple[float, float]:
+        """(p50, p99) over all streams of each packet's transit above its stream's fastest."""
+        spread = sorted(
+            (transit - low) * 1000
+            for transits in self._transits.values()
+            if transits
+            for low in (min(transits),)
+            for transit in transits
+        )
+        return percentile(spread, 0.50), percentile(spread, 0.99)
+
+
+class _Feeder:
+    """Every call's caller: packet ``n`` of call ``i`` leaves at ``t0 + phase_i + n·20 ms``.
+
+    Calls are grouped by their phase into 1 ms slots, so the peer sends a few packets every
+    millisecond instead of a burst of all of them every 20 ms.
+    """
+
+    SLOTS = 20
+
+    def __init__(self, speech: Sequence[bytes], ports: Sequence[int], seed: int) -> None:
+        rng = random.Random(seed)
+        self.speech = speech
+        self.slots: list[list[tuple[CallStream, tuple[str, int]]]] = [[] for _ in range(self.SLOTS)]
+        for port in ports:
+            stream = CallStream.draw(rng, len(speech))
+            self.slots[rng.randrange(self.SLOTS)].append((stream, (HOST, port)))
+        self.step = 0  # slots handled so far
+
+    def next_time(self, t0: float) -> float:
+        return t0 + self.step * FRAME / self.SLOTS
+
+    def due(self) -> list[tuple[bytes, tuple[str, int]]]:
+        """The packets of the next slot (and advance to the one after)."""
+        index, slot = divmod(self.step, self.SLOTS)
+        self.step += 1
+        return [(stream.packet(self.speech, index), address) for stream, address in self.slots[slot]]
+
+
+def _peer_process(conn: Connection, speech: Sequence[bytes], seed: int) -> None:
+    """The peer in its own process: single-threaded epoll loop, sending on schedule, draining."""
+    rtp, rtcp = bind_pair()
+    for sock in (rtp, rtcp):
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    conn.send(rtp.getsockname()[1])
+    ports, duration, measure_after = conn.recv()
+    feeder = _Feeder(speech, ports, seed)
+    stats = _PeerStats()
+    poller = select.epoll()
+    poller.register(rtp.fileno(), select.EPOLLIN)
+    poller.register(rtcp.fileno(), select.EPOLLIN)
+    t0 = time.monotonic()
+    stats.measure_from = t0 + measure_after
+    cpu0 = time.process_time()
+    end = t0 + duration
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        wait = feeder.next_time(t0) - now
+        if wait > 0:
+            poller.poll(wait)
+        for sock, on_packet in ((rtp, stats.on_rtp), (rtcp, None)):
+            while True:
+                try:
+                    data = sock.recv(2048)
+                except BlockingIOError:
+                    break
+                if on_packet is None:
+                    stats.rtcp_received += 1
+                else:
+                    on_packet(data, time.monotonic())
+        while feeder.next_time(t0) <= time.monotonic():
+            for packet, address in feeder.due():
+                with contextlib.suppress(BlockingIOError):
+                    rtp.sendto(packet, address)
+                    stats.sent += 1
+    cpu = time.process_time() - cpu0
+    wall = time.monotonic() - t0
+    p50, p99 = stats.spread_ms()
+    conn.send(
+        {
+            "received": stats.received,
+            "rtcp_received": stats.rtcp_received,
+            "sent": stats.sent,
+            "cpu_util": cpu / wall,
+            "spread_p50_ms": p50,
+            "spread_p99_ms": p99,
+        }
+    )
+    conn.close()
+
+
+class _PeerProtocol(asyncio.DatagramProtocol):
+    """The peer inside the server's own event loop (the ``same loop`` sink)."""
+
+    def __init__(self, stats: _PeerStats | None) -> None:
+        self.stats = stats
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.stats is not None:
+            self.stats.on_rtp(data, time.monotonic())
+
+
+class _BenchTransport(MediaTransport):
+    """A :class:`MediaTransport` whose events the benchmark ignores."""
+
+    def __init__(self, session: RtpSession, on_tick: Callable[[Tick], None], clock: MediaClock) -> None:
+        super().__init__(session, on_tick, self._on_media_event, clock)
+
+    def _on_media_event(self, event: MediaEvent) -> None:
+        pass
+
+
+def _echo_and_listen(session: RtpSession, vad: WebRtcVad) -> Callable[[Tick], None]:
+    def on_tick(tick: Tick) -> None:
+        vad.is_speech(tick.inbound.samples)
+        session.send_frames((tick.inbound.samples,))
+
+    return on_tick
+
+
+class _BareCall(asyncio.DatagramProtocol):
+    """The event loop's and the sockets' share of a call, and nothing else: a socket that discards
+    what it receives and a timer on the same absolute 20 ms schedule sending one packet a tick."""
+
+    def __init__(self, stream: CallStream, destination: tuple[str, int]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stream, self.destination = stream, destination
+        self.transport: asyncio.DatagramTransport | None = None
+        self.send_errors: deque[float] = deque(maxlen=3000)
+        self.wakeups = self.port = self._tick = 0
+        self._t0 = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        self.port = int(self.transport.get_extra_info("sockname")[1])
+
+    def start(self) -> None:
+        self._t0 = self.loop.time()
+        self._timer = self.loop.call_at(self._t0, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.wakeups += 1
+        if self.transport is not None:
+            self.transport.sendto(self.stream.packet(_SILENCE, self._tick), self.destination)
+        self.send_errors.append(self.loop.time() - (self._t0 + self._tick * PTIME_MS / 1000))
+        self._tick += 1
+        self._timer = self.loop.call_at(self._t0 + self._tick * PTIME_MS / 1000, self._on_timer)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+
+@dataclass
+class RealtimeRun:
+    """Part 2 for one event loop and one placement of the peer (times in ms)."""
+
+    loop: str
+    work: str  # "media": MediaTransports; "none": the loop and sockets alone (_BareCall)
+    sink: str
+    calls: int
+    seconds: float
+    ticks: int
+    send_error_p50_ms: float
+    send_error_p99_ms: float
+    send_error_max_ms: float
+    window_p99_median_ms: float  # p99 of each 1 s window, median over the windows
+    late_over_2ms: float  # fraction of ticks
+    cpu_util: float  # server process, of one core
+    per_frame_us: float  # server CPU per call per tick, sockets and loop included
+    system_share: float  # of that CPU, the part spent in the kernel
+    calls_per_core: float
+    wakeups_per_tick: float
+    other_load: float  # cores busy with other programs meanwhile (this box is shared)
+    steal: float  # cores' worth of time the hypervisor took
+    preemptions: float  # per second: the kernel took the core from the server for another task
+    naive_p50_ms: float
+    naive_p99_ms: float
+    naive_drift_ms: float  # how far behind the absolute schedule the naive pacer ended
+    naive_rate_pps: float
+    concealed_fraction: float  # inbound frames concealed, of packets received (whole run)
+    late_fraction: float  # inbound packets that came after their audio was due
+    jitter_delay_ms: float  # median over the calls of the jitter buffer's delay at the end
+    peer: dict[str, float]
+
+
+async def _serve(
+    speech: Sequence[bytes],
+    *,
+    calls: int,
+    seconds: float,
+    warmup: float,
+    bare: bool,
+    peer_port: int | None,
+    start_peer: Callable[[list[int]], None] | None,
+    seed: int,
+) -> tuple[RealtimeRun, _PeerStats | None]:
+    """Run ``calls`` transports; with ``peer_port`` None the peer runs on this same loop."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(seed)
+    peer: _PeerProtocol | None = None
+    peer_stats: _PeerStats | None = None
+    closers: list[Callable[[], None]] = []
+    if peer_port is None:
+        rtp_sock, rtcp_sock = bind_pair()
+        peer_port = rtp_sock.getsockname()[1]
+        peer_stats = _PeerStats()
+        rtp_end, peer = await loop.create_datagram_endpoint(lambda: _PeerProtocol(peer_stats), sock=rtp_sock)
+        rtcp_end, _ = await loop.create_datagram_endpoint(lambda: _PeerProtocol(None), sock=rtcp_sock)
+        closers += [rtp_end.close, rtcp_end.close]
+    transports: list[_BenchTransport | _BareCall] = []
+    clock = MediaClock(loop)
+    for index in range(calls):
+        if bare:
+            factory = functools.partial(_BareCall, CallStream.draw(rng, 1), (HOST, peer_port))
+            _, bare_call = await loop.create_datagram_endpoint(factory, local_addr=(HOST, 0))
+            transports.append(bare_call)
+        else:
+            session = new_session(rng, index, loop.time())
+            media = _BenchTransport(session, _echo_and_listen(session, WebRtcVad()), clock)
+            session.configure(negotiate(await media.bind(HOST, PORT_MIN, PORT_MAX, rng), peer_port, index))
+            transports.append(media)
+        closers.append(transports[-1].close)
+    ports = [transport.port for transport in transports]
+    if start_peer is not None:
+        start_peer(ports)
+    base = loop.time() + 0.05
+    for transport in transports:  # calls start at random phases, as real calls do
+        loop.call_at(base + rng.uniform(0.0, FRAME), transport.start)
+    tasks: list[asyncio.Task[None]] = []
+    if peer is not None and peer_stats is not None:
+        peer_stats.measure_from = time.monotonic() + warmup
+        tasks.append(asyncio.create_task(_feed_in_loop(_Feeder(speech, ports, seed + 1), peer, peer_stats)))
+
+    await asyncio.sleep(warmup)
+    for transport in transports:
+        transport.send_errors.clear()
+        if isinstance(transport, _BareCall):
+            transport.wakeups = 0
+    clock.wakeups = 0
+    errors: list[float] = []
+    window_p99: list[float] = []
+    naive_errors: list[float] = []
+    tasks.append(asyncio.create_task(_naive_pacer(peer_port, naive_errors)))
+    usage0, busy0, wall0 = resource.getrusage(resource.RUSAGE_SELF), machine_busy(), time.perf_counter()
+    remaining = seconds
+    while remaining > 0:  # 1 s windows (the transports keep only their last 3000 ticks)
+        await asyncio.sleep(min(1.0, remaining))
+        remaining -= 1.0
+        window: list[float] = []
+        for transport in transports:
+            window.extend(transport.send_errors)
+            transport.send_errors.clear()
+        window_p99.append(percentile(sorted(window), 0.99))
+        errors.extend(window)
+    usage1, busy1, wall1 = resource.getrusage(resource.RUSAGE_SELF), machine_busy(), time.perf_counter()
+    wakeups = clock.wakeups + sum(t.wakeups for t in transports if isinstance(t, _BareCall))
+    jitter = [t.session.jitter.stats for t in transports if isinstance(t, _BenchTransport)]
+    for task in tasks:
+        task.cancel()
+    for close in closers:
+        close()
+    await asyncio.sleep(0)
+
+    errors.sort()
+    naive_errors_sorted = sorted(naive_errors)
+    wall = wall1 - wall0
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    ticks = len(errors)
+    per_frame = cpu * 1e6 / ticks if ticks else 0.0
+    return (
+        RealtimeRun(
+            loop=type(loop).__module__.split(".")[0],
+            work="none" if bare else "media",
+            sink="same loop" if peer is not None else "process",
+            calls=calls,
+            seconds=wall,
+            ticks=ticks,
+            send_error_p50_ms=percentile(errors, 0.50) * 1000,
+            send_error_p99_ms=percentile(errors, 0.99) * 1000,
+            send_error_max_ms=errors[-1] * 1000 if errors else 0.0,
+            window_p99_median_ms=statistics.median(window_p99) * 1000 if window_p99 else 0.0,
+            late_over_2ms=sum(1 for error in errors if error > 0.002) / ticks if ticks else 0.0,
+            cpu_util=cpu / wall,
+            per_frame_us=per_frame,
+            system_share=(usage1.ru_stime - usage0.ru_stime) / cpu if cpu > 0 else 0.0,
+            calls_per_core=FRAME_US / per_frame if per_frame else math.inf,
+            wakeups_per_tick=wakeups / ticks if ticks else 0.0,
+            other_load=(busy1[0] - busy0[0]) / wall - cpu / wall,  # the peer process is taken off later
+            steal=(busy1[1] - busy0[1]) / wall,
+            preemptions=(usage1.ru_nivcsw - usage0.ru_nivcsw) / wall,
+            naive_p50_ms=percentile(naive_errors_sorted, 0.50) * 1000,
+            naive_p99_ms=percentile(naive_errors_sorted, 0.99) * 1000,
+            naive_drift_ms=naive_errors[-1] * 1000 if naive_errors else 0.0,
+            naive_rate_pps=len(naive_errors) / wall,
+            concealed_fraction=sum(j.lost for j in jitter) / max(1, sum(j.received for j in jitter)),
+            late_fraction=sum(j.late for j in jitter) / max(1, sum(j.received for j in jitter)),
+            jitter_delay_ms=statistics.median(j.delay_ms for j in jitter) if jitter else 0.0,
+            peer={},
+        ),
+        peer_stats,
+    )
+
+
+async def _feed_in_loop(feeder: _Feeder, peer: _PeerProtocol, stats: _PeerStats) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while True:
+        delay = feeder.next_time(t0) - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        while feeder.next_time(t0) <= loop.time():
+            for packet, address in feeder.due():
+                if peer.transport is not None:
+                    peer.transport.sendto(packet, address)
+                    stats.sent += 1
+
+
+async def _naive_pacer(peer_port: int, errors: list[float]) -> None:
+    """The way not to pace: send, ``sleep(0.02)``, repeat. Errors against ``t0 + n·20 ms``."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _PeerProtocol(None), local_addr=(HOST, 0))
+    stream = CallStream(NAIVE_SSRC, 0, 0, 0)
+    t0 = loop.time()
+    n = 0
+    try:
+        while True:
+            transport.sendto(stream.packet(_SILENCE, n), (HOST, peer_port))
+            errors.append(loop.time() - (t0 + n * PTIME_MS / 1000))
+            n += 1
+            await asyncio.sleep(FRAME)
+    finally:
+        transport.close()
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = importlib.import_module(name).new_event_loop
+    return factory
+
+
+def uvloop_available() -> bool:
+    """Whether ``import uvloop`` works here (it is not a dependency of the project)."""
+    try:
+        importlib.import_module("uvloop")
+    except ImportError:
+        return False
+    return True
+
+
+def run_realtime(
+    speech: Sequence[bytes],
+    *,
+    calls: int,
+    seconds: float,
+    sink: str = "process",
+    loop: str = "asyncio",
+    bare: bool = False,
+    warmup: float = 1.0,
+    seed: int = 11,
+) -> RealtimeRun:
+    """Part 2: ``calls`` transports on one ``loop`` for ``seconds`` (after ``warmup``).
+
+    ``sink`` is ``"process"`` (the peer in a second process) or ``"loop"`` (the same event loop);
+    ``bare`` replaces the calls by :class:`_BareCall` s: what the loop and sockets cost alone.
+    """
+    if sink not in ("process", "loop"):
+        raise ValueError(f"sink must be 'process' or 'loop', got {sink!r}")
+    peer: multiprocessing.process.BaseProcess | None = None
+    link: Connection | None = None
+    start_peer: Callable[[list[int]], None] | None = None
+    if sink == "process":
+        # Forked before this process has an event loop; the peer gets the ports once bound.
+        context = multiprocessing.get_context("fork")
+        link, child = context.Pipe()
+        peer = context.Process(target=_peer_process, args=(child, speech, seed + 1), daemon=True)
+        peer.start()
+        parent = link
+
+        def start_peer(ports: list[int]) -> None:
+            parent.send((ports, warmup + seconds + 1.0, warmup))
+
+    gc.collect()
+    report: dict[str, float] = {}
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+            result, stats = runner.run(
+                _serve(
+                    speech,
+                    calls=calls,
+                    seconds=seconds,
+                    warmup=warmup,
+                    bare=bare,
+                    peer_port=int(link.recv()) if link is not None else None,
+                    start_peer=start_peer,
+                    seed=seed,
+                )
+            )
+    finally:
+        if peer is not None and link is not None:
+            if link.poll(seconds + warmup + 10):
+                report = link.recv()
+            peer.join(5)
+            if peer.is_alive():
+                peer.kill()
+    if stats is not None:
+        p50, p99 = stats.spread_ms()
+        report = {"received": stats.received, "sent": stats.sent, "spread_p50_ms": p50, "spread_p99_ms": p99}
+    result.other_load = max(0.0, result.other_load - report.get("cpu_util", 0.0))
+    result.peer = report
+    return result
