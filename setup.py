@@ -26,6 +26,7 @@ COMPILED = [
     "sipagent/rtp/rtcp.py",
     "sipagent/rtp/dtmf.py",
     "sipagent/rtp/session.py",
+    "sipagent/rtp/window.py",
 ]
 
 

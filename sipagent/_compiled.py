@@ -16,7 +16,19 @@ import warnings
 from pathlib import Path
 
 #: The modules of ``sipagent.rtp`` that ``setup.py`` compiles.
-COMPILED_MODULES = ("events", "frames", "g711", "packet", "plc", "jitter", "pacer", "rtcp", "dtmf", "session")
+COMPILED_MODULES = (
+    "events",
+    "frames",
+    "g711",
+    "packet",
+    "plc",
+    "jitter",
+    "pacer",
+    "rtcp",
+    "dtmf",
+    "session",
+    "window",
+)
 _RTP = Path(__file__).resolve().parent / "rtp"
 #: Wheels and sdists unpack sources and extensions within moments of each other; an edit is later.
 _SLACK_S = 2.0

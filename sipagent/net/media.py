@@ -27,12 +27,12 @@ import random
 import socket
 import struct
 import sys
-from collections import deque
 from collections.abc import Callable
 from typing import cast
 
 from ..rtp.events import MediaEvent
 from ..rtp.session import MediaDatagram, RtpSession, Tick
+from ..rtp.window import FloatWindow
 from .media_clock import MediaClock
 
 log = logging.getLogger("sipagent.rtp")
@@ -106,7 +106,7 @@ class MediaTransport:
         self._stamped = False
         self.rtcp = _RtcpSocket(self._on_rtcp)
         self.port = 0
-        self.send_errors: deque[float] = deque(maxlen=_ERROR_WINDOW)
+        self.send_errors = FloatWindow(_ERROR_WINDOW)
         #: Datagrams the kernel refused (full buffer, unreachable network): UDP drops them.
         self.send_failures = 0
         self.closed = False
@@ -184,11 +184,24 @@ class MediaTransport:
         self.pump()
 
     # ------------------------------------------------------------------ the tick
+    def on_send(self, now: float) -> None:
+        """The clock's first pass: send the packets of the ticks due, and note how late they left."""
+        if self.closed:
+            return
+        session = self.session
+        ticks = session.send_due(now)
+        if ticks:
+            self._send(session.datagrams_to_send(now))
+            sent_at = self.loop.time()
+            for tick_time in ticks:
+                self.send_errors.append(sent_at - tick_time)
+
     def on_clock(self, now: float, wall_offset: float) -> None:
         """The clock says the session's deadline is due: read, tick, send, deliver, re-arm."""
         if self.closed:
             return
         try:
+            self.on_send(now)  # done already when the clock ran its first pass
             self._read_rtp(now, wall_offset)
             self.session.handle_timer(now)
         finally:
@@ -201,11 +214,8 @@ class MediaTransport:
         session = self.session
         self._send(session.datagrams_to_send(self.loop.time()))
         if session.has_ticks:
-            sent_at = self.loop.time()
-            errors = self.send_errors
             on_tick = self.on_tick
             while (tick := session.next_tick()) is not None:
-                errors.append(sent_at - tick.time)
                 on_tick(tick)
         while (event := session.next_event()) is not None:
             self.on_event(event)
@@ -244,7 +254,7 @@ class MediaTransport:
         """(p50, p99) of recent send-time errors, in milliseconds."""
         if not self.send_errors:
             return (0.0, 0.0)
-        ordered = sorted(self.send_errors)
+        ordered = self.send_errors.sorted()
         return (
             ordered[len(ordered) // 2] * 1000,
             ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,

@@ -32,8 +32,12 @@ class ClockClient(Protocol):
     #: The slot the client waits on (None: not scheduled); owned by the clock.
     clock_slot: int | None
 
+    def on_send(self, now: float) -> None:
+        """First pass over a slot: send what is due (cheap, so every packet leaves on time)."""
+
     def on_clock(self, now: float, wall_offset: float) -> None:
-        """The client's deadline is due; ``wall_offset`` turns loop time into wall-clock time."""
+        """Second pass: the rest of the client's work; ``wall_offset`` turns loop time into
+        wall-clock time."""
 
 
 class MediaClock:
@@ -72,9 +76,17 @@ class MediaClock:
         # The loop may run a timer a clock resolution early; the slot's time is the floor.
         now = max(self.loop.time(), slot / 1000.0)
         wall_offset = time.time() - self.loop.time()
-        for client in clients:
+        due = [client for client in clients if client.clock_slot == slot]
+        # Two passes: every call's packet goes out before any call's inbound work (jitter buffer,
+        # VAD, the pipeline's callbacks), so the last call in a busy slot is not late for them.
+        for client in due:
+            try:
+                client.on_send(now)
+            except Exception:
+                log.exception("media send failed")
+        for client in due:
             if client.clock_slot != slot:
-                continue
+                continue  # rescheduled by another client's callback (e.g. a call ended)
             client.clock_slot = None
             self.runs += 1
             try:

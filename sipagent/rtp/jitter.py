@@ -58,6 +58,7 @@ marker only marks the gap before it as DTX.
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,7 +167,7 @@ class JitterBuffer:
         self._ssrc: int | None = None
         self._old_ssrc: int | None = None
         self._switched_at = 0.0
-        self._seen = [-1] * _SEEN
+        self._seen = array("q", [-1]) * _SEEN
         self._max_seq = 0
         self._max_ts = 0
         self._base = 0  # extended timestamp of block 0
@@ -307,7 +308,7 @@ class JitterBuffer:
             self._old_ssrc = self._ssrc
             self._switched_at = arrival
         self._ssrc = packet.ssrc
-        self._seen = [-1] * _SEEN
+        self._seen = array("q", [-1]) * _SEEN
         self._max_seq = packet.sequence_number - 1  # so this packet is one step ahead
         self._max_ts = packet.timestamp
         if self._state != _WAITING:

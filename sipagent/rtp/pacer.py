@@ -70,6 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .frames import PTIME_MS, SAMPLE_RATE, SAMPLES_PER_FRAME, Pcm, silence
+from .window import FloatWindow
 
 __all__ = ["DEFAULT_MAX_CATCH_UP", "EARLY_TOLERANCE", "Encoder", "Pacer", "PacerStats"]
 
@@ -200,7 +201,7 @@ class Pacer:
         self._event: _Event | None = None
         self._repeats: list[_Repeats] = []
 
-        self._errors: deque[float] = deque(maxlen=error_window)
+        self._errors = FloatWindow(error_window)
         self._error_max = -math.inf
         self._packets_sent = 0
         self._octets_sent = 0
@@ -392,7 +393,7 @@ class Pacer:
 
     def stats(self) -> PacerStats:
         """A snapshot of the counters, with send-error percentiles over the recent window."""
-        errors = sorted(self._errors)
+        errors = self._errors.sorted()
 
         def percentile(fraction: float) -> float:
             if not errors:

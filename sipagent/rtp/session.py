@@ -172,6 +172,10 @@ class RtpSession:
         self.stats = RtpSessionStats()
         self._t0: float | None = None
         self._ticks = 0
+        #: Ticks whose outbound half ran (send_due), ahead of ``_ticks`` by what awaits handle_timer,
+        #: and the PCM each of them sent (None: silence, an event or nothing).
+        self._sent_ticks = 0
+        self._sent_for_tick: deque[Pcm | None] = deque()
         self._ticks_out: deque[Tick] = deque()
         self._out: list[MediaDatagram] = []
         self._events: deque[MediaEvent] = deque()
@@ -352,29 +356,59 @@ class RtpSession:
                 deadline = dtmf
         return deadline
 
+    def _due(self, done: int, now: float) -> int:
+        # A tick may run up to _EARLY_S before it is due: event loops wake on millisecond
+        # granularity, so the adapter arms 1 ms early and the packet leaves on time, not late.
+        assert self._t0 is not None
+        return int((now + _EARLY_S - self._t0) / FRAME_SECONDS + 1e-6) + 1 - done
+
+    def send_due(self, now: float) -> list[float]:
+        """The outbound half of every tick due by ``now``: queue its packet; returns the ticks'
+        scheduled times.
+
+        :meth:`handle_timer` runs this first if it was not called, so calling it is optional. An
+        adapter serving many calls calls it for all of them before any inbound work, so packets
+        leave on time however long the inbound halves (VAD, the app's callbacks) take.
+        """
+        if self._t0 is None:
+            return []
+        due = self._due(self._sent_ticks, now)
+        if due > _MAX_CATCH_UP_TICKS:
+            # A long stall (GC, a blocked loop): frames for the skipped time are gone (the pacer
+            # skips them too); handle_timer skips the same ticks inbound.
+            self._sent_ticks += due - _MAX_CATCH_UP_TICKS
+            due = _MAX_CATCH_UP_TICKS
+        sent: list[float] = []
+        for _ in range(max(0, due)):
+            tick_time = self._t0 + self._sent_ticks * FRAME_SECONDS
+            self._sent_ticks += 1
+            sent_before = len(self._sent_pcm)
+            self._send_rtp(self.pacer.handle_timer(max(now, tick_time)), now)
+            encoded = len(self._sent_pcm) > sent_before
+            self._sent_for_tick.append(self._sent_pcm[sent_before] if encoded else None)
+            sent.append(tick_time)
+        self._sent_pcm.clear()
+        return sent
+
     def handle_timer(self, now: float) -> None:
         """Run every tick due by ``now`` (bounded catch-up), then RTCP, DTMF and timeout checks."""
         if self._t0 is None:
             return
-        # A tick may run up to _EARLY_S before it is due: event loops wake on millisecond
-        # granularity, so the adapter arms 1 ms early and the packet leaves on time, not late.
-        due = int((now + _EARLY_S - self._t0) / FRAME_SECONDS + 1e-6) + 1 - self._ticks
+        self.send_due(now)
+        due = self._sent_ticks - self._ticks
         if due > _MAX_CATCH_UP_TICKS:
-            # A long stall (GC, a blocked loop): frames for the skipped time are gone; keep the
-            # inbound clock in step with the pacer rather than bursting stale audio to the app.
-            self._ticks += due - _MAX_CATCH_UP_TICKS
+            skipped = due - _MAX_CATCH_UP_TICKS
+            self._ticks += skipped
+            for _ in range(skipped):
+                self._sent_for_tick.popleft()
             due = _MAX_CATCH_UP_TICKS
-        for _ in range(max(0, due)):
+        for _ in range(due):
             tick_time = self._t0 + self._ticks * FRAME_SECONDS
             self._ticks += 1
             inbound = (
                 self.jitter.pop(tick_time) if self.receiving else AudioFrame(silence(), FrameKind.SILENCE)
             )
-            sent_before = len(self._sent_pcm)
-            self._send_rtp(self.pacer.handle_timer(max(now, tick_time)), now)
-            outbound = self._sent_pcm[sent_before] if len(self._sent_pcm) > sent_before else None
-            self._ticks_out.append(Tick(tick_time, inbound, outbound))
-        self._sent_pcm.clear()
+            self._ticks_out.append(Tick(tick_time, inbound, self._sent_for_tick.popleft()))
         if self.dtmf_in is not None:
             self._events.extend(self.dtmf_in.tick(now))
         if self.rtcp.due(now) and self.remote_rtcp is not None:
