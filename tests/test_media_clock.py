@@ -19,13 +19,20 @@ from sipagent.sip.offer_answer import MediaSession, NegotiatedMedia
 
 
 class _Client:
-    def __init__(self, clock: MediaClock, fail: bool = False) -> None:
+    def __init__(
+        self, clock: MediaClock, fail: bool = False, journal: list[tuple[str, int]] | None = None
+    ) -> None:
         self.clock = clock
+        self.journal: list[tuple[str, int]] = journal if journal is not None else []
         self.clock_slot: int | None = None
         self.runs: list[float] = []
         self.fail = fail
 
+    def on_send(self, now: float) -> None:
+        self.journal.append(("send", id(self)))
+
     def on_clock(self, now: float, wall_offset: float) -> None:
+        self.journal.append(("clock", id(self)))
         self.runs.append(now)
         if self.fail:
             raise RuntimeError("boom")
@@ -45,6 +52,18 @@ async def test_calls_due_in_the_same_millisecond_share_one_loop_timer() -> None:
     for client in clients:
         # Never more than ARM_EARLY_S before the deadline it asked for.
         assert client.runs[0] >= base - ARM_EARLY_S - 1e-9
+
+
+async def test_every_call_in_a_slot_sends_before_any_does_its_inbound_work() -> None:
+    loop = asyncio.get_running_loop()
+    clock = MediaClock(loop)
+    journal: list[tuple[str, int]] = []
+    clients = [_Client(clock, journal=journal) for _ in range(5)]
+    deadline = loop.time() + 0.01
+    for client in clients:
+        clock.schedule(client, deadline)
+    await asyncio.sleep(0.03)
+    assert [phase for phase, _ in journal] == ["send"] * 5 + ["clock"] * 5
 
 
 async def test_rescheduling_and_unscheduling_leave_no_stale_runs() -> None:
