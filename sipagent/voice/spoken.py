@@ -1,0 +1,543 @@
+"""Make LLM text speakable on a phone, as it streams: a filter, then a sentence chunker.
+
+:class:`SpokenFilter` takes the reply a few characters at a time (the LLM's tokens) and returns
+text a TTS voice can read: no markdown, no emoji, no stage directions, no role labels or
+reasoning. :class:`SentenceChunker` cuts that text into chunks for the TTS: sentences, and for the
+first chunk of a reply an early clause so speech can start sooner. Both are pure and incremental.
+
+What the filter removes or rewrites
+===================================
+* ``<think>…</think>`` (also ``thinking``, ``reasoning``, ``reflection``) blocks, chat-template
+  tokens such as ``<|im_end|>``, other HTML-like tags.
+* At the start of a line: role labels (``Assistant:``, ``AI:``, ``Answer:``; the rest of the
+  line stays), meta lines (``Thought: …``, ``Note: …``, ``Plan: …``, ``Reasoning: …``: the line
+  goes), fenced code blocks, heading hashes, bullets and numbered-list markers, quote markers.
+* Emphasis and code markers (``**``, ``*``, ``__``, ``_``, ``~~``, backticks): the words stay.
+* Stage directions: ``*laughs*``, ``(smiles)``, ``[pause]``, i.e. a starred or parenthesised span
+  that starts with an action word (see ``ACTIONS``), and any bracketed span that is not a link.
+* Links ``[text](url)`` become their text; bare URLs become their host name ("example.com").
+* Emoji and other pictographs; ``°`` becomes "degrees", ``&`` "and", ``#5`` "number 5".
+* Whitespace collapses to single spaces; a line break after a line without final punctuation
+  becomes a full stop, so headings and list items read as sentences.
+
+Streaming
+=========
+A marker may arrive split across tokens ("*" then "*bold**"), so the filter holds back what is
+still undecided, and no more: stage A (character by character) drops reasoning blocks and meta
+lines as they stream, holding only a possible tag or line label; stage B renders complete
+stretches of text, cut at whitespace outside any open construct (a span that could still close
+within its length limit). The output is the same however the text is split into tokens. A
+construct never closed is held until it exceeds its length limit, a line ends, or ``flush``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+#: First words that make a starred or parenthesised span a stage direction, not emphasis.
+ACTIONS = _words(
+    """
+    laughs laugh laughing laughter chuckles chuckle chuckling giggles giggle giggling smiles smile
+    smiling grins grin grinning sighs sigh sighing pauses pause pausing nods nod nodding winks wink
+    shrugs shrug gasps gasp coughs cough clears whispers whispering whisper beams waves leans
+    blushes hums humming claps sniffs yawns groans inhales exhales breathes smirks frowns
+    cheerfully excitedly softly warmly happily sadly gently thoughtfully playfully enthusiastically
+    applause music silence sound sounds typing
+    """
+)
+_ROLES = _words("assistant ai agent bot response answer reply")
+_META = _words(
+    "thought thoughts thinking reasoning plan planning note notes internal analysis reflection "
+    "observation action scratchpad system context instructions"
+)
+_LABELS = _ROLES | _META
+_LONGEST_LABEL = max(len(word) for word in _LABELS)
+_THINK_TAGS = ("<think>", "<thinking>", "<reasoning>", "<reflection>")
+_LONGEST_THINK = max(len(tag) for tag in _THINK_TAGS)
+_SPECIAL_LIMIT = 64  # "<|...|>" chat-template tokens are short
+_TRAILERS = "\"')]”’»"  # closing quotes and brackets that follow a sentence's punctuation
+_SENTINEL = "\x00"  # marks "not at a line start" for the line-anchored patterns (stage A drops NULs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage B patterns. Each construct has a length limit, so the filter never holds text forever.
+# ---------------------------------------------------------------------------------------------
+_TAG = re.compile(r"</?[A-Za-z][^<>\n]{0,40}>")
+_LINK = re.compile(r"!?\[([^\[\]\n]{0,120})\](\([^()\s]{0,300}\))?")
+_PAREN = re.compile(r"\(([^()\n]{1,80})\)")
+_STAR = re.compile(r"(?<![*\w])\*(?![\s*])([^*\n]{1,60}?)(?<![\s*])\*(?![*\w])")
+_URL = re.compile(r"(?:https?://|(?<![\w.])www\.)[^\s<>()\[\]]*[^\s<>()\[\].,;:!?'\"]")
+_LINE_MARKER = re.compile(r"^[ \t]*(?:#{1,6}|[-*+•>]|\d{1,3}[.)])(?=\s|$)", re.MULTILINE)
+_RULE = re.compile(r"^[ \t]*([-*_=])\1{2,}[ \t]*$", re.MULTILINE)
+_MARKERS = re.compile(r"\*+|~~|`+|\||\[|\]")  # leftovers: unmatched brackets too
+_INNER_UNDERSCORE = re.compile(r"(?<=[^\W_])_+(?=[^\W_])")
+_NUMBER_SIGN = re.compile(r"#(?=\d)")
+_TIMES = re.compile(r"(?<=\d)[*×](?=\d)")  # unspaced only: stage B may cut at spaces
+
+#: (pattern, opener characters, a continuation that would close it): see ``_safe_cut``.
+_CONSTRUCTS: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (_TAG, "<", "x>"),
+    (_LINK, "![", "x] "),
+    (_PAREN, "(", "x) "),
+    (_STAR, "*", "x* "),
+)
+_CONSTRUCT_LIMIT = 440  # longer than any construct: a link with its URL
+
+
+def _first_word(text: str) -> str:
+    match = re.match(r"\W*([A-Za-z]+)", text)
+    return match.group(1).lower() if match else ""
+
+
+def _link(match: re.Match[str]) -> str:
+    # A link keeps its text; a bare bracketed span ([laughs], [1], [your name]) is not for saying.
+    return match.group(1) if match.group(2) is not None else " "
+
+
+def _paren(match: re.Match[str]) -> str:
+    word = _first_word(match.group(1))
+    return " " if word in ACTIONS or word in ("note", "notes") else match.group(0)
+
+
+def _star(match: re.Match[str]) -> str:
+    return " " if _first_word(match.group(1)) in ACTIONS else match.group(1)
+
+
+def _url(match: re.Match[str]) -> str:
+    host = re.sub(r"^(?:https?://)?(?:www\.)?", "", match.group(0)).split("/")[0].split("?")[0]
+    return host.split(":")[0]
+
+
+def _is_pictograph(char: str) -> bool:
+    code = ord(char)
+    if code >= 0x1F000 or 0x2600 <= code <= 0x27BF or 0x2B00 <= code <= 0x2BFF or 0x2190 <= code <= 0x21FF:
+        return True  # emoji, dingbats, misc symbols, arrows
+    if code in (0xFE0E, 0xFE0F, 0x200D, 0x20E3) or 0xE0000 <= code <= 0xE007F:
+        return True  # variation selectors, joiners, keycaps, tags: emoji plumbing
+    return unicodedata.category(char) in ("So", "Co", "Cs", "Cn")
+
+
+_WORDS = {"°": " degrees ", "&": " and ", "•": " "}
+
+
+def _render(segment: str, at_line_start: bool) -> str:
+    """Stage B on a complete stretch of text (no construct crosses its ends)."""
+    text = segment if at_line_start else _SENTINEL + segment
+    # Line markers first, on the text as written: a removed span must not expose a new one.
+    text = _RULE.sub("", text)
+    text = _LINE_MARKER.sub("", text)
+    text = _TAG.sub(" ", text)
+    text = _LINK.sub(_link, text)
+    text = _PAREN.sub(_paren, text)
+    text = _STAR.sub(_star, text)
+    text = _URL.sub(_url, text)
+    text = _NUMBER_SIGN.sub("number ", text)
+    text = _TIMES.sub(" times ", text)
+    text = _MARKERS.sub("", text)
+    text = _INNER_UNDERSCORE.sub(" ", text)
+    out = []
+    for char in text:
+        if char in _WORDS:
+            out.append(_WORDS[char])
+        elif char in "_#" or char == _SENTINEL or _is_pictograph(char):
+            continue
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _safe_cut(text: str) -> int:
+    """The last whitespace index at which ``text`` can be cut with no construct across it (0: none).
+
+    For every construct, the matches the renderer would make are found in order (as
+    ``re.sub`` would); an opener that does not match now but would with some continuation (the
+    closing continuation of the table) is pending, and nothing after it may be cut yet.
+    """
+    limit = len(text)
+    blocked: list[tuple[int, int]] = []
+    for pattern, openers, closing in _CONSTRUCTS:
+        position = 0
+        while position < limit:
+            starts = [i for i in (text.find(o, position) for o in openers) if i >= 0]
+            if not starts:
+                break
+            start = min(starts)
+            if start >= limit:
+                break
+            match = pattern.match(text, start)
+            if match and match.end() < len(text):
+                blocked.append((start, match.end()))
+                position = match.end()
+                continue
+            tail = text[start:]
+            could_close = match or pattern.match(text + closing, start)
+            if could_close and len(tail) <= _CONSTRUCT_LIMIT and "\n" not in tail:
+                limit = start  # could still close: hold from here
+                break
+            position = start + 1
+    for index in range(min(limit, len(text)) - 1, 0, -1):
+        if text[index].isspace() and not any(a < index < b for a, b in blocked):
+            return index
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage A helpers: line labels and fences at the start of a line
+# ---------------------------------------------------------------------------------------------
+_PENDING = -1
+
+
+def _line_label(text: str, final: bool) -> tuple[str, int]:
+    """Classify the start of a line: ("role"|"meta"|"fence", length), ("", 0) or ("", _PENDING)."""
+    if text.startswith("```"):
+        return "fence", 3
+    if text.strip("`") == "" and not final:
+        return "", _PENDING
+    i = 0
+    while i < len(text) and i < 2 and text[i] in "*_":
+        i += 1
+    start = i
+    while i < len(text) and text[i].isascii() and text[i].isalpha():
+        i += 1
+    word = text[start:i].lower()
+    if i == len(text):
+        could = len(word) <= _LONGEST_LABEL and any(label.startswith(word) for label in _LABELS)
+        return ("", _PENDING) if could and not final else ("", 0)
+    if word not in _LABELS:
+        return "", 0
+    while i < len(text) and text[i] in "*_ " and i - start < len(word) + 4:
+        i += 1
+    if i == len(text):
+        return ("", _PENDING) if not final else ("", 0)
+    if text[i] != ":":
+        return "", 0
+    i += 1
+    while i < len(text) and text[i] in "*_":
+        i += 1
+    if i == len(text) and not final:
+        return "", _PENDING
+    return ("role" if word in _ROLES else "meta"), i
+
+
+class SpokenFilter:
+    """Streaming LLM text in, speakable text out: ``feed(token) -> str`` then ``flush() -> str``.
+
+    One instance per reply (``flush`` resets it for the next).
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def feed(self, token: str) -> str:
+        """Take the next piece of the reply; return whatever is now decided (maybe '')."""
+        self._raw += token
+        self._stage_a(final=False)
+        return self._stage_b(final=False)
+
+    def flush(self) -> str:
+        """End of the reply: decide everything held back and return it; the filter starts over."""
+        self._stage_a(final=True)
+        out = self._stage_b(final=True)
+        self._reset()
+        return out
+
+    def _reset(self) -> None:
+        self._raw = ""  # stage A input not yet decided
+        self._mode = "text"  # or "think", "fence", "meta"
+        self._end_tag = ""
+        self._line_start = True
+        self._text = ""  # stage B input not yet rendered
+        self._text_at_line_start = True
+        self._emitted = False
+        self._last = ""  # last character emitted
+        self._last_closer = ""  # the same, skipping closing quotes and brackets
+        self._space = False  # whitespace seen since it
+        self._newline = False  # a line break seen since it
+
+    # -- stage A --------------------------------------------------------------------------------
+    def _stage_a(self, final: bool) -> None:
+        raw, i, out = self._raw, 0, []
+        while i < len(raw):
+            if self._mode == "think":
+                end = raw.lower().find(self._end_tag, i)
+                if end < 0:
+                    i = len(raw) if final else max(i, len(raw) - len(self._end_tag) + 1)
+                    break
+                i, self._mode, self._line_start = end + len(self._end_tag), "text", True
+                continue
+            if self._mode in ("fence", "meta"):
+                closer = "```" if self._mode == "fence" else "\n"
+                end = raw.find(closer, i)
+                if end < 0:
+                    i = len(raw) if final else max(i, len(raw) - len(closer) + 1)
+                    break
+                # A meta line goes with its line break; after a closing fence the line goes on.
+                i, self._mode, self._line_start = end + len(closer), "text", closer == "\n"
+                continue
+            char = raw[i]
+            if self._line_start and char not in " \t\n":
+                kind, length = _line_label(raw[i:], final)
+                if length == _PENDING:
+                    break
+                # A role label goes and the line is judged again ("Assistant: Thought: ..."); a
+                # meta line or a fence goes whole; anything else is text.
+                self._line_start = kind == "role"
+                if kind in ("fence", "meta"):
+                    self._mode = kind
+                i += length
+                continue
+            if char == "<":
+                decided = self._angle(raw, i, final)
+                if decided is None:
+                    break
+                if decided > 0:
+                    i += decided
+                    continue
+            if char == "\n":
+                self._line_start = True
+            if unicodedata.category(char) == "Cc" and char not in "\n\t":  # "\r", NUL: the sentinel
+                i += 1
+                continue
+            out.append(char)
+            i += 1
+        self._raw = raw[i:]
+        self._text += "".join(out)
+
+    def _angle(self, raw: str, i: int, final: bool) -> int | None:
+        """At a '<': how much to drop (0: it is text), or None to wait for more."""
+        rest = raw[i : i + _SPECIAL_LIMIT]
+        lower = rest.lower()
+        for tag in _THINK_TAGS:
+            if lower.startswith(tag):
+                self._mode, self._end_tag = "think", "</" + tag[1:]
+                return len(tag)
+        if rest.startswith("<|"):
+            end = rest.find("|>")
+            if end >= 0:
+                token = rest[: end + 2].lower()
+                # Chat-template role headers: the role name that follows is not for saying.
+                if token == "<|im_start|>":
+                    self._mode = "meta"
+                elif token == "<|start_header_id|>":
+                    self._mode, self._end_tag = "think", "<|end_header_id|>"
+                return end + 2
+            return None if not final and len(rest) < _SPECIAL_LIMIT else 0
+        openers = (*_THINK_TAGS, "<|")
+        if not final and len(rest) < _LONGEST_THINK and any(t.startswith(lower) for t in openers):
+            return None
+        return 0
+
+    # -- stage B --------------------------------------------------------------------------------
+    def _stage_b(self, final: bool) -> str:
+        cut = len(self._text) if final else _safe_cut(self._text)
+        if cut <= 0:
+            return ""
+        segment, self._text = self._text[:cut], self._text[cut:]
+        rendered = _render(segment, self._text_at_line_start)
+        line = segment.rsplit("\n", 1)[-1]
+        self._text_at_line_start = (self._text_at_line_start or "\n" in segment) and line.strip() == ""
+        return self._normalize(rendered)
+
+    def _normalize(self, text: str) -> str:
+        """Collapse whitespace; a line break after an unpunctuated line becomes a full stop."""
+        out: list[str] = []
+        for char in text:
+            if char == "\n":
+                self._newline = True
+                continue
+            if char.isspace():
+                self._space = True
+                continue
+            if self._emitted:
+                if char in ".,;:!?":
+                    if char in ".," and self._last in ".,;:!?":
+                        continue  # "Sure! (smiles)." leaves "Sure! ."; keep "Sure!"
+                    # otherwise punctuation hugs the word before it, even across a removed span
+                elif self._newline:
+                    out.append(" " if self._last_closer in _CLOSERS else ". ")
+                elif self._space:
+                    out.append(" ")
+            out.append(char)
+            self._emitted, self._last, self._space, self._newline = True, char, False, False
+            if char not in _TRAILERS:
+                self._last_closer = char
+        return "".join(out)
+
+
+#: After these a line break needs no added full stop.
+_CLOSERS = frozenset(".,;:!?…—–-")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sentence chunker
+# ---------------------------------------------------------------------------------------------
+#: Words after which a full stop does not end a sentence (lower case, without the dot).
+ABBREVIATIONS = _words(
+    """
+    mr mrs ms dr prof st jr sr vs etc eg ie approx dept inc ltd co corp mt ft vol fig
+    jan feb apr jun jul aug sep sept oct nov dec tue thu fri
+    """
+)
+_SENTENCE_END = ".!?…"
+_UNDECIDED = 0
+_CLAUSE = ",;:"
+_DASHES = "-–—"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkerConfig:
+    """Tunables of :class:`SentenceChunker`, validated when built.
+
+    * ``first_min_words`` = 5: the first chunk of a reply may end at a clause (comma, semicolon,
+      colon, dash) once it has this many words, so TTS starts ~1 clause earlier. Fewer words
+      sound clipped ("Sure," alone); more delay the first audio.
+    * ``first_max_chars`` = 100: the first chunk is cut at a word by then even without a clause.
+    * ``max_chars`` = 200: later chunks are whole sentences, cut (at a clause, else a word) only
+      beyond this, which bounds the TTS latency of any one chunk.
+    """
+
+    first_min_words: int = 5
+    first_max_chars: int = 100
+    max_chars: int = 200
+
+    def __post_init__(self) -> None:
+        for name in ("first_min_words", "first_max_chars", "max_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ChunkerConfig.{name} must be a positive int, got {value!r}")
+        if self.first_max_chars < 10 or self.max_chars < 10:
+            raise ValueError("ChunkerConfig.first_max_chars and max_chars must be at least 10")
+
+
+class SentenceChunker:
+    """Speakable text in (already filtered), TTS chunks out: ``feed(text)`` then ``flush()``.
+
+    A chunk ends at a sentence end (``.``, ``!``, ``?`` or ``…`` followed by whitespace; not after
+    abbreviations such as "Dr." or "e.g.", single initials, or inside "3.5" or "U.S."). The first
+    chunk of a reply may also end at a clause boundary (see :class:`ChunkerConfig`). Chunks are
+    stripped and never empty; joined with spaces they give the input back, up to whitespace.
+    The chunks do not depend on how the text was split into ``feed`` calls.
+    """
+
+    def __init__(self, config: ChunkerConfig | None = None) -> None:
+        self.config = config or ChunkerConfig()
+        self._text = ""
+        self._first = True
+
+    def feed(self, text: str) -> list[str]:
+        """Take more text; return the chunks now complete."""
+        self._text += text
+        return self._drain(final=False)
+
+    def flush(self) -> list[str]:
+        """End of the reply: everything left, then start over (the next chunk is a first chunk)."""
+        chunks = self._drain(final=True)
+        rest = self._text.strip()
+        if rest:
+            chunks.append(rest)
+        self._text, self._first = "", True
+        return chunks
+
+    def _drain(self, final: bool) -> list[str]:
+        chunks: list[str] = []
+        while True:
+            self._text = self._text.lstrip()
+            cut = self._next_cut(final)
+            if cut is None:
+                return chunks
+            chunk, self._text = self._text[:cut].strip(), self._text[cut:]
+            if chunk:
+                chunks.append(chunk)
+                self._first = False
+
+    def _next_cut(self, final: bool) -> int | None:
+        """Where the next chunk ends, or None if that is not decided yet."""
+        text = self._text
+        limit = self.config.first_max_chars if self._first else self.config.max_chars
+        words = 0
+        in_word = spoken = False  # inside a word; any letter or digit so far
+        clause_at = word_at = None
+        for i, char in enumerate(text[: limit + 1]):
+            if char.isspace():
+                if in_word and i <= limit:
+                    word_at = i
+                in_word = False
+                continue
+            if not in_word and char.isalnum():
+                words += 1
+            in_word = True
+            spoken = spoken or char.isalnum()
+            if i >= limit or not spoken:
+                continue
+            boundary = self._boundary(text, i, final)
+            if boundary is None:
+                continue
+            if boundary == _UNDECIDED:
+                return None  # depends on text not seen yet
+            if boundary > 0:
+                return boundary  # a sentence end
+            clause_at = -boundary
+            if self._first and words >= self.config.first_min_words:
+                return clause_at
+        if len(text) <= limit:
+            return None  # not long enough to force a cut; wait (flush takes the rest)
+        # Too long without a sentence end: cut at the last clause, else the last word, in the limit.
+        if clause_at is not None:
+            return clause_at
+        if word_at is not None:
+            return word_at
+        return next((k for k in range(limit, len(text)) if text[k].isspace()), None)
+
+    def _boundary(self, text: str, i: int, final: bool) -> int | None:
+        """At ``text[i]``: a sentence end (cut after it, > 0), a clause (minus the cut),
+        ``_UNDECIDED``, or None."""
+        char = text[i]
+        if char in _SENTENCE_END:
+            if i > 0 and text[i - 1] in _SENTENCE_END:
+                return None  # the run was judged at its first character
+        elif char not in _CLAUSE and char not in _DASHES:
+            return None
+        elif char == "-" and (i == 0 or not text[i - 1].isspace()):
+            return None  # "well-known", "-5": only a spaced hyphen is a dash
+        j = i
+        if char in _SENTENCE_END:
+            while j + 1 < len(text) and text[j + 1] in _SENTENCE_END:
+                j += 1
+        while j + 1 < len(text) and text[j + 1] in _TRAILERS:
+            j += 1
+        if j + 1 >= len(text):
+            return None if final else _UNDECIDED
+        if not text[j + 1].isspace():
+            return None
+        if char not in _SENTENCE_END:
+            return -(j + 1)
+        if char == "." and j == i and self._abbreviation(text, i):
+            return None
+        return j + 1
+
+    @staticmethod
+    def _abbreviation(text: str, i: int) -> bool:
+        start = i
+        while start > 0 and not text[start - 1].isspace():
+            start -= 1
+        word = text[start:i].strip(_TRAILERS + "(\"'“‘")
+        if not word:
+            return False
+        if "." in word:
+            return True  # e.g. i.e. U.S. a.m.
+        if len(word) == 1 and word.isalpha():
+            return True  # an initial: "John F. Kennedy"
+        return word.lower() in ABBREVIATIONS
+
+
+def speakable(text: str) -> str:
+    """The whole of ``text`` through a fresh :class:`SpokenFilter` (for tests and tools)."""
+    spoken = SpokenFilter()
+    return spoken.feed(text) + spoken.flush()
