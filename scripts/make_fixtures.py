@@ -5,7 +5,7 @@ Every capture is one complete inbound call, as a carrier would deliver it to sip
 an SDP offer (PCMU 0, PCMA 8, telephone-event 101), 100/180/200 with the answer from a fixed
 "sipagent" address, ACK, the caller's RTP leg (20 ms PCMU packets) and BYE/200. Only the caller's
 leg is synthetic; captures of real peers talking to sipagent (both legs) come from
-``scripts/record_fixtures.py``.
+``scripts/record_fixtures.py``. The phone agent's fixtures (``agent-*``) are in ``agent_fixtures.py``.
 
 The output is deterministic, byte for byte: fixed start time, addresses, ports, Call-IDs and SSRCs,
 and seeded noise from numpy's legacy ``RandomState``, whose streams numpy promises never to change
@@ -482,7 +482,8 @@ def build_dtmf(ctx: BuildContext) -> CallAudio:
     return CallAudio(pcm, events, info)
 
 
-def _fade(x: Signal, seconds: float = 0.01) -> Signal:
+def fade(x: Signal, seconds: float = 0.01) -> Signal:
+    """Raised-cosine fade-in and fade-out of ``seconds`` at the ends of ``x``."""
     n = round(seconds * RATE)
     ramp = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, n))
     x = x.copy()
@@ -516,14 +517,14 @@ def build_tone_sweep(ctx: BuildContext) -> CallAudio:
     def tone(freq: float, seconds: float, level: float) -> None:
         t = np.arange(round(seconds * RATE)) / RATE
         amplitude = FULL_SCALE * 10 ** (level / 20)
-        add("tone", seconds, _fade(amplitude * np.sin(2 * np.pi * freq * t)), freq_hz=freq, level_dbfs=level)
+        add("tone", seconds, fade(amplitude * np.sin(2 * np.pi * freq * t)), freq_hz=freq, level_dbfs=level)
 
     def sweep(f0: float, f1: float, seconds: float, level: float) -> None:
         t = np.arange(round(seconds * RATE)) / RATE
         k = math.log(f1 / f0) / seconds
         phase = 2 * np.pi * f0 * (np.exp(k * t) - 1) / k
         amplitude = FULL_SCALE * 10 ** (level / 20)
-        signal = _fade(amplitude * np.sin(phase))
+        signal = fade(amplitude * np.sin(phase))
         add("sweep", seconds, signal, f0_hz=f0, f1_hz=f1, law="exponential", level_dbfs=level)
 
     def silence(seconds: float) -> None:
@@ -575,6 +576,10 @@ def build_espeak(ctx: BuildContext) -> CallAudio:
     return CallAudio(pcm, manifest=info)
 
 
+# agent_fixtures.py imports the helpers above: as __main__, be make_fixtures too (not a second copy).
+sys.modules.setdefault("make_fixtures", sys.modules[__name__])
+from agent_fixtures import AGENT_FIXTURES  # noqa: E402
+
 #: The human speech clips in shared/speech (16 kHz WAV, or raw for goforward and numbers).
 SPEECH_CLIPS: tuple[str, ...] = ("librivox-0870", "librivox-0880", "librivox-0890", "cards-001", "cards-002")
 SPEECH_CLIPS = (*SPEECH_CLIPS, "cards-003", "goforward", "numbers")
@@ -587,6 +592,7 @@ FIXTURES: tuple[Fixture, ...] = (
     Fixture("tone-sweep", "1004 Hz tones and a 100-3800 Hz sweep: SNR/codec measurements", build_tone_sweep),
     Fixture("two-turns", "two utterances 1.5 s apart (librivox-0880, -0890): turn-taking", build_two_turns),
     Fixture("synthetic-espeak", "espeak-ng synthetic speech of a known sentence", build_espeak, needs=ESPEAK),
+    *AGENT_FIXTURES,
 )
 
 

@@ -284,6 +284,119 @@ def test_tone_sweep_tones_are_at_their_frequency_and_level() -> None:
             assert level == pytest.approx(segment["level_dbfs"], abs=0.5)
 
 
+# --- turns and the phone agent's fixtures -----------------------------------------------------------
+
+FRAME_S = 0.02
+VOICE_DBFS = -40.0  # the manifest's voice activity: 20 ms frames above this
+
+
+@cache
+def _levels(file: str) -> npt.NDArray[np.float64]:
+    return _frame_dbfs(_pcm(_caller_leg(BY_FILE[file])))
+
+
+def _voiced(file: str, start_s: float, end_s: float) -> list[float]:
+    """[start, end] of the frames above VOICE_DBFS between two times of the capture's audio."""
+    first = max(round(start_s / FRAME_S), 0)
+    loud = np.flatnonzero(_levels(file)[first : round(end_s / FRAME_S)] > VOICE_DBFS)
+    assert len(loud), f"nothing above {VOICE_DBFS} dBFS in {start_s}-{end_s} s"
+    return [round((first + loud[0]) * FRAME_S, 2), round((first + loud[-1] + 1) * FRAME_S, 2)]
+
+
+TURNS = sorted(f for f, e in BY_FILE.items() if "turns" in e)
+
+
+@pytest.mark.parametrize("file", TURNS)
+def test_turns_and_interjections_are_the_only_audio_above_the_noise(file: str) -> None:
+    entry = BY_FILE[file]
+    levels = _levels(file)
+    assert len(levels) * FRAME_S == pytest.approx(entry["duration_s"])
+    loud = np.zeros(len(levels), dtype=bool)
+    clips = np.zeros(len(levels), dtype=bool)
+    for part in [*entry["turns"], *entry.get("interjections", [])]:
+        start, end = part["voice_activity_s"]
+        loud[max(round((start - 0.03) / FRAME_S), 0) : round((end + 0.03) / FRAME_S)] = True
+        if "speech_at_s" not in part:
+            continue
+        # A turn: voice activity is its clip's first and last frame above -40 dBFS on the clip's own
+        # 20 ms grid, which is the capture's only if the clip starts on it (hence 30 ms tolerances).
+        clip_at, clip_end = part["speech_at_s"]
+        assert _voiced(file, clip_at, clip_end)[0] == pytest.approx(start, abs=0.03)
+        assert _voiced(file, clip_at, end + 0.03)[1] == pytest.approx(end, abs=0.03)
+        assert levels[round(start / FRAME_S) : round(end / FRAME_S)].max() > -30
+        clips[round(clip_at / FRAME_S) : round(clip_end / FRAME_S) + 1] = True
+    quiet = ~loud
+    assert levels[quiet & ~clips].max() < VOICE_DBFS, "above the noise outside the turns/interjections"
+    # A clip's own recorded background, off the capture's grid, may graze -40 dBFS: never speech.
+    assert levels[quiet & clips].max(initial=-99.0) < -35
+    assert levels.min() > -75, "the noise is never digital zeros"
+
+
+AGENT = sorted(f for f in BY_FILE if f.startswith("agent-"))
+
+
+@pytest.mark.parametrize("file", AGENT)
+def test_agent_fixtures_expect_the_reply_after_the_first_turn(file: str) -> None:
+    entry = BY_FILE[file]
+    end = entry["turns"][0]["voice_activity_s"][1]
+    assert entry["agent_reply_expected_s"] == pytest.approx([end + 0.8, end + 1.3])
+    assert entry["legs"] == ["caller"] and not entry["recorded"]
+
+
+def test_barge_in_starts_while_the_agent_talks() -> None:
+    file = "agent-barge-in.pcap"
+    entry = BY_FILE[file]
+    first, second = entry["turns"]
+    barge_in = entry["barge_in_at_s"]
+    assert barge_in == second["voice_activity_s"][0]  # where B's voice activity starts
+    assert second["speech_at_s"][0] == pytest.approx(first["speech_at_s"][1] + entry["pause_s"], abs=0.001)
+    # An energy VAD on the capture finds B's onset there, over a second into the agent's reply.
+    onset = _voiced(file, first["voice_activity_s"][1] + 0.1, entry["duration_s"])[0]
+    assert onset == pytest.approx(barge_in, abs=0.03)
+    assert barge_in - entry["agent_reply_expected_s"][1] >= 1.0
+    assert entry["duration_s"] - second["voice_activity_s"][1] >= 4.0  # room for the answer to B
+
+
+def test_backchannel_and_cough_are_short_and_inside_the_agent_reply() -> None:
+    file = "agent-backchannel.pcap"
+    entry = BY_FILE[file]
+    (turn,) = entry["turns"]
+    events = entry["interjections"]
+    assert [e["kind"] for e in events] == ["backchannel", "cough"]
+    pcm = _pcm(_caller_leg(entry))
+    for event in events:
+        at, voiced = event["at_s"], event["voiced_s"]
+        assert at == pytest.approx(turn["voice_activity_s"][1] + event["after_turn_s"])
+        assert at > entry["agent_reply_expected_s"][1], "the agent is talking by then"
+        span = _voiced(file, at - 0.1, at + event["duration_s"] + 0.1)
+        assert span == pytest.approx(event["voice_activity_s"], abs=0.021)
+        assert span[0] == pytest.approx(at, abs=0.021)
+        assert span[1] - span[0] == pytest.approx(voiced, abs=0.021)
+        assert 0.06 <= voiced <= event["duration_s"] <= 0.2
+        assert _levels(file)[round(span[0] / FRAME_S) : round(span[1] / FRAME_S)].max() > -30
+        part = pcm[round(at * 8000) : round((at + event["duration_s"]) * 8000)]
+        if event["kind"] == "cough":
+            assert event["duration_s"] >= 0.15
+            peak = 20 * math.log10(np.abs(part).max() / 32767)
+            assert peak == pytest.approx(event["peak_dbfs"], abs=1.0)
+            power = np.abs(np.fft.rfft(part)) ** 2
+            freqs = np.fft.rfftfreq(len(part), 1 / 8000)
+            assert power[(freqs >= 150) & (freqs <= 3200)].sum() > 0.9 * power.sum(), "band-limited"
+        else:
+            assert event["text"] and "shared/speech/" in event["source"]
+    last = events[-1]
+    assert entry["duration_s"] - (last["at_s"] + last["duration_s"]) >= 5.0 - FRAME_S
+
+
+def test_echo_fixture_suggests_replay_settings_and_leaves_room_for_the_reply() -> None:
+    entry = BY_FILE["agent-echo.pcap"]
+    assert entry["echo"] == {"return_loss_db": 12, "delay_ms": 120}
+    assert "replay" in entry["echo_note"]
+    (turn,) = entry["turns"]
+    assert entry["duration_s"] - turn["speech_at_s"][1] >= 7.0
+    assert entry["duration_s"] - entry["agent_reply_expected_s"][1] >= 5.0
+
+
 @pytest.mark.parametrize("file", sorted(f for f, e in BY_FILE.items() if e["recorded"]))
 def test_recorded_calls_have_the_echo_leg(file: str) -> None:
     entry = BY_FILE[file]
@@ -301,6 +414,7 @@ def test_make_fixtures_is_deterministic(tmp_path: Path) -> None:
     names = ["dtmf-1234"]
     if (SPEECH_DIR / "cards-001.wav").is_file():
         names.append("speech-cards-001")  # exercises the resampler and the noise floor too
+        names.append("agent-backchannel")  # and scripts/agent_fixtures.py, imported by the script
     argv = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--speech-dir", str(SPEECH_DIR)]
     for name in names:
         argv += ["--only", name]
