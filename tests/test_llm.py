@@ -7,7 +7,6 @@ KV reuse is asserted on token counts (llama.cpp's own evaluation counters), neve
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -28,23 +27,16 @@ from sipagent.voice.llm import (
     Turn,
     chat_model_from_settings,
 )
-from sipagent.voice.models import DEFAULT_LLM_MODEL, ROOT, missing_models_message, resolve_model_path
+from sipagent.voice.models import DEFAULT_LLM_MODEL, ROOT, resolve_model_path
+from tests.model_gate import require_models
 
 MODEL = resolve_model_path(DEFAULT_LLM_MODEL)
 TEMPLATE_KEY = b"tokenizer.chat_template"
 
 
-def _require(*paths: Path) -> None:
-    message = missing_models_message(paths)
-    if message:
-        if os.environ.get("SIPAGENT_REQUIRE_MODELS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def chat() -> Iterator[LlamaCppChat]:
-    _require(MODEL)
+    require_models(MODEL)
     # Greedy decoding, so that replies are reproducible and can be compared across sessions. One
     # thread: llama.cpp's spinning threads slow down twentyfold when another test process takes a core.
     model = LlamaCppChat(MODEL, n_threads=1, temperature=0.0, max_tokens=64)
@@ -55,7 +47,7 @@ def chat() -> Iterator[LlamaCppChat]:
 @pytest.fixture(scope="module")
 def untemplated_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default GGUF with its chat template key renamed (same length, so the file stays valid)."""
-    _require(MODEL)
+    require_models(MODEL)
     path = tmp_path_factory.mktemp("gguf") / "no-template.gguf"
     shutil.copyfile(MODEL, path)
     with path.open("r+b") as handle:
@@ -192,7 +184,7 @@ def test_session_misuse_is_reported(chat: LlamaCppChat) -> None:
 
 
 def test_a_full_context_forgets_the_oldest_exchanges() -> None:
-    _require(MODEL)
+    require_models(MODEL)
     small = LlamaCppChat(MODEL, n_ctx=256, n_threads=1, temperature=0.0, max_tokens=24)
     try:
         with small.new_session() as session:

@@ -8,7 +8,6 @@ at 2 word errors in 44 (WER 0.045: "ill-disposed" heard as "old-sposed"), each u
 
 from __future__ import annotations
 
-import os
 import re
 import wave
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +19,10 @@ import numpy.typing as npt
 import pytest
 
 from sipagent.rtp.g711 import ulaw_decode, ulaw_encode
-from sipagent.voice.models import DEFAULT_STT_MODEL, missing_models_message, resolve_model_path
+from sipagent.voice.models import DEFAULT_STT_MODEL, resolve_model_path
 from sipagent.voice.resample import resample_int16
 from sipagent.voice.stt import FakeTranscriber, Transcript, WhisperTranscriber
+from tests.model_gate import require_models
 
 REPO = Path(__file__).resolve().parent.parent
 SPEECH_DIR = REPO.parent / "shared" / "speech"
@@ -42,14 +42,6 @@ _NUMBERS = dict(
         strict=True,
     )
 )
-
-
-def _require(*paths: Path) -> None:
-    message = missing_models_message(paths)
-    if message:
-        if os.environ.get("SIPAGENT_REQUIRE_MODELS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def _normalise(text: str) -> str:
@@ -84,7 +76,7 @@ def references() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def whisper() -> WhisperTranscriber:
-    _require(MODEL / "model.bin")
+    require_models(MODEL / "model.bin")
     return WhisperTranscriber(MODEL, cpu_threads=2)
 
 
@@ -103,7 +95,7 @@ def test_librivox_through_the_telephone_path(whisper: WhisperTranscriber, refere
 
 
 def test_a_domain_prompt_fixes_card_names(references: dict[str, str]) -> None:
-    _require(MODEL / "model.bin")
+    require_models(MODEL / "model.bin")
     names = ["cards-001", "cards-002", "cards-003"]
     plain = WhisperTranscriber(MODEL, cpu_threads=2)
     prompted = WhisperTranscriber(MODEL, cpu_threads=2, prompt=CARDS_PROMPT)

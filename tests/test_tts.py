@@ -3,7 +3,6 @@ sentence, that Whisper can read back; and the fake's contract."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -17,26 +16,18 @@ from sipagent.voice.models import (
     DEFAULT_STT_MODEL,
     DEFAULT_TTS_VOICE,
     ROOT,
-    missing_models_message,
     resolve_model_path,
 )
 from sipagent.voice.tts import FakeSynthesizer, PiperSynthesizer
+from tests.model_gate import require_models
 
 VOICE = resolve_model_path(DEFAULT_TTS_VOICE)
 WHISPER = resolve_model_path(DEFAULT_STT_MODEL)
 
 
-def _require(*paths: Path) -> None:
-    message = missing_models_message(paths)
-    if message:
-        if os.environ.get("SIPAGENT_REQUIRE_MODELS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def piper() -> PiperSynthesizer:
-    _require(VOICE, Path(f"{VOICE}.json"))
+    require_models(VOICE, Path(f"{VOICE}.json"))
     return PiperSynthesizer(VOICE)
 
 
@@ -61,7 +52,7 @@ def test_piper_speaks_audible_8k_int16_of_plausible_length(piper: PiperSynthesiz
 
 
 def test_piper_output_is_intelligible_to_whisper(piper: PiperSynthesizer) -> None:
-    _require(WHISPER / "model.bin")
+    require_models(WHISPER / "model.bin")
     from sipagent.voice.stt import WhisperTranscriber
 
     whisper = WhisperTranscriber(WHISPER, cpu_threads=2)
@@ -90,7 +81,7 @@ def test_piper_length_scale_slows_speech(piper: PiperSynthesizer) -> None:
 def test_piper_rejects_a_missing_voice_or_speaker(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"voice\.onnx.*fetch_models"):
         PiperSynthesizer(tmp_path / "voice.onnx")
-    _require(VOICE)
+    require_models(VOICE)
     with pytest.raises(ValueError, match=r"tts\.speaker: .* has 1 speaker"):
         PiperSynthesizer(VOICE, speaker=3)
 
