@@ -173,3 +173,28 @@ def test_symmetric_rtp_latches_to_the_real_source() -> None:
     pair = Pair()
     pair.bob.receive_rtp(b"\x80" + bytes(11) + bytes(160), ("192.0.2.99", 40000), pair.now)
     assert pair.bob.remote == ("192.0.2.99", 40000)
+
+
+@pytest.mark.parametrize("sent_first", [False, True])
+def test_a_stall_longer_than_the_catch_up_skips_ticks_both_ways(sent_first: bool) -> None:
+    # A 500 ms stall (a blocked loop, a busy neighbour): the oldest ticks are skipped outbound
+    # and inbound alike, and the ticks handed out still pair each frame with what went out.
+    pair = Pair()
+    alice = pair.alice
+    alice.send_frames(_tone(100))
+    pair.run(0.1)
+    _ticks(alice)
+    late = pair.now + 0.5
+    if sent_first:
+        alice.send_due(late)  # the clock sent ahead of the inbound half, as MediaClock does
+    alice.handle_timer(late)
+    ticks = _ticks(alice)
+    assert len(ticks) == 10  # _MAX_CATCH_UP_TICKS
+    assert all(b.time - a.time == pytest.approx(0.020) for a, b in itertools.pairwise(ticks))
+    assert ticks[-1].time <= late + 0.001 < ticks[-1].time + 0.020
+    # The pacer sends only one packet for ticks later than its catch-up bound (with the marker
+    # bit, not a burst): one tick carries its frame, the others say nothing went out.
+    assert sum(tick.outbound is not None for tick in ticks) == 1
+    pair.now = late + 0.001
+    pair.run(0.1)  # and the session goes on, one tick per 20 ms
+    assert 4 <= len(_ticks(alice)) <= 6

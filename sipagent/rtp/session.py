@@ -397,18 +397,22 @@ class RtpSession:
         self.send_due(now)
         due = self._sent_ticks - self._ticks
         if due > _MAX_CATCH_UP_TICKS:
-            skipped = due - _MAX_CATCH_UP_TICKS
-            self._ticks += skipped
-            for _ in range(skipped):
-                self._sent_for_tick.popleft()
+            self._ticks += due - _MAX_CATCH_UP_TICKS
             due = _MAX_CATCH_UP_TICKS
-        for _ in range(due):
+        # One entry per tick send_due ran, newest last; the ticks it skipped after a long stall
+        # have none, and they are always older than the newest _MAX_CATCH_UP_TICKS it sent.
+        sent_for_tick = self._sent_for_tick
+        while len(sent_for_tick) > due:
+            sent_for_tick.popleft()
+        unsent = due - len(sent_for_tick)
+        for index in range(due):
             tick_time = self._t0 + self._ticks * FRAME_SECONDS
             self._ticks += 1
             inbound = (
                 self.jitter.pop(tick_time) if self.receiving else AudioFrame(silence(), FrameKind.SILENCE)
             )
-            self._ticks_out.append(Tick(tick_time, inbound, self._sent_for_tick.popleft()))
+            outbound = sent_for_tick.popleft() if index >= unsent else None
+            self._ticks_out.append(Tick(tick_time, inbound, outbound))
         if self.dtmf_in is not None:
             self._events.extend(self.dtmf_in.tick(now))
         if self.rtcp.due(now) and self.remote_rtcp is not None:
