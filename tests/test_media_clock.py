@@ -20,9 +20,14 @@ from sipagent.sip.offer_answer import MediaSession, NegotiatedMedia
 
 class _Client:
     def __init__(
-        self, clock: MediaClock, fail: bool = False, journal: list[tuple[str, int]] | None = None
+        self,
+        clock: MediaClock,
+        fail: bool = False,
+        journal: list[tuple[str, int]] | None = None,
+        busy: float = 0.0,
     ) -> None:
         self.clock = clock
+        self.busy = busy
         self.journal: list[tuple[str, int]] = journal if journal is not None else []
         self.clock_slot: int | None = None
         self.runs: list[float] = []
@@ -34,6 +39,8 @@ class _Client:
     def on_clock(self, now: float, wall_offset: float) -> None:
         self.journal.append(("clock", id(self)))
         self.runs.append(now)
+        if self.busy:
+            time.sleep(self.busy)  # inbound work that blocks the loop
         if self.fail:
             raise RuntimeError("boom")
 
@@ -64,6 +71,31 @@ async def test_every_call_in_a_slot_sends_before_any_does_its_inbound_work() -> 
         clock.schedule(client, deadline)
     await asyncio.sleep(0.03)
     assert [phase for phase, _ in journal] == ["send"] * 5 + ["clock"] * 5
+
+
+async def test_a_later_slot_sends_while_an_earlier_one_is_still_busy_inbound() -> None:
+    # The first call's inbound work overruns into the next slots: their packets must not wait
+    # for the rest of it (nor for their own timers, queued behind it on the loop).
+    loop = asyncio.get_running_loop()
+    clock = MediaClock(loop)
+    journal: list[tuple[str, int]] = []
+    slow, first = _Client(clock, journal=journal, busy=0.004), _Client(clock, journal=journal)
+    later = _Client(clock, journal=journal)
+    deadline = loop.time() + 0.01
+    clock.schedule(slow, deadline)
+    clock.schedule(first, deadline)
+    clock.schedule(later, deadline + 0.002)
+    await asyncio.sleep(0.03)
+    assert journal == [
+        ("send", id(slow)),
+        ("send", id(first)),
+        ("clock", id(slow)),
+        ("send", id(later)),  # sent ahead: its slot came due while slow was busy
+        ("clock", id(first)),
+        ("send", id(later)),  # its own timer: the adapter finds nothing left to send
+        ("clock", id(later)),
+    ]
+    assert clock.sent_ahead == 1 and clock.runs == 3
 
 
 async def test_rescheduling_and_unscheduling_leave_no_stale_runs() -> None:
