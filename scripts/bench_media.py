@@ -125,7 +125,7 @@ def render(results: dict[str, Any]) -> str:
     out.append(
         f"   {'loop':<8}{'work':<6}{'peer':<10}{'calls':>6}{'p50':>7}{'p99':>7}{'p99/s':>7}"
         f"{'max':>7}{'>2ms':>7}{'CPU':>6}{'us/fr':>7}{'calls/core':>11}{'wake/tick':>10}{'peer p99':>9}"
-        f"{'other':>7}"
+        f"{'other':>7}{'rq wait':>8}"
     )
     for run in results["realtime"]:
         out.append(
@@ -134,12 +134,16 @@ def render(results: dict[str, Any]) -> str:
             f"{run['send_error_max_ms']:>7.1f}{run['late_over_2ms']:>7.1%}{run['cpu_util']:>6.0%}"
             f"{run['per_frame_us']:>7.1f}{run['calls_per_core']:>11.0f}{run['wakeups_per_tick']:>10.2f}"
             f"{run['peer'].get('spread_p99_ms', math.nan):>9.2f}{run['other_load']:>7.2f}"
+            f"{run['runqueue_wait']:>8.1%}"
         )
     out += [f"   {skipped}" for skipped in results["skipped"]]
+    pinned = sorted({run["pinned"] for run in results["realtime"]})
+    out.append(f"   pinned: {'; '.join(p for p in pinned if p) or 'no'}")
     out += [
         "   work none: the loop and sockets alone; p99/s: median of the per-second p99s; CPU: server",
         "   process, of one core; peer p99: arrival spread the peer saw (its own lateness included);",
-        "   other: cores busy with other programs meanwhile (the box may be shared)",
+        "   other: cores busy with other programs meanwhile (the box may be shared); rq wait: share",
+        "   of the time the server was ready to run but waited for its core",
         "",
         "3. Ratios and baselines, same run",
     ]
@@ -221,6 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-realtime", action="store_true", help="skip part 2")
     parser.add_argument("--no-bare", action="store_true", help="skip the loop-and-sockets-alone run")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the server to one core and the peer process to another (pinned by default)",
+    )
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeat < 1 or args.seconds <= 0 or args.rt_seconds <= 0:
@@ -262,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sink=sink,
                 loop=loop_name,
                 bare=bare,
+                pin=not args.no_pin,
             )
         )
     say(f"CPU: {args.calls} calls x {args.seconds:g} s simulated, {args.repeat} runs ...")

@@ -28,12 +28,14 @@ import gc
 import importlib
 import math
 import multiprocessing
+import os
 import random
 import resource
 import select
 import socket
 import statistics
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -133,8 +135,10 @@ class _Feeder:
         return [(stream.packet(self.speech, index), address) for stream, address in self.slots[slot]]
 
 
-def _peer_process(conn: Connection, speech: Sequence[bytes], seed: int) -> None:
+def _peer_process(conn: Connection, speech: Sequence[bytes], seed: int, cpus: set[int] | None) -> None:
     """The peer in its own process: single-threaded epoll loop, sending on schedule, draining."""
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     rtp, rtcp = bind_pair()
     for sock in (rtp, rtcp):
         sock.setblocking(False)
@@ -288,6 +292,9 @@ class RealtimeRun:
     late_fraction: float  # inbound packets that came after their audio was due
     jitter_delay_ms: float  # median over the calls of the jitter buffer's delay at the end
     peer: dict[str, float]
+    sent_ahead: float = 0.0  # per second: slots whose packets went out before their own timer fired
+    runqueue_wait: float = 0.0  # share of the wall time the server was runnable but not running
+    pinned: str = ""  # "server 0, peer 1": the CPUs each process was pinned to ("" not pinned)
 
 
 async def _serve(
@@ -339,27 +346,37 @@ async def _serve(
         tasks.append(asyncio.create_task(_feed_in_loop(_Feeder(speech, ports, seed + 1), peer, peer_stats)))
 
     await asyncio.sleep(warmup)
+    # Every tick of the measured run stays in its call's window (sized for the run), and the
+    # 1 s windows are cut afterwards from counts noted each second: copying and sorting the
+    # samples inside the loop every second would stall it for milliseconds and show up as the
+    # very lateness being measured.
+    capacity = int((seconds + 2.0) * 1.1 / FRAME) + 64
     for transport in transports:
-        transport.send_errors.clear()
+        transport.send_errors = FloatWindow(capacity)
         if isinstance(transport, _BareCall):
             transport.wakeups = 0
-    clock.wakeups = 0
-    errors: list[float] = []
-    window_p99: list[float] = []
+    clock.wakeups = clock.sent_ahead = 0
     naive_errors: list[float] = []
     tasks.append(asyncio.create_task(_naive_pacer(peer_port, naive_errors)))
+    counts: list[list[int]] = []
     usage0, busy0, wall0 = resource.getrusage(resource.RUSAGE_SELF), machine_busy(), time.perf_counter()
+    wait0 = _runqueue_wait()
     remaining = seconds
-    while remaining > 0:  # 1 s windows (the transports keep only their last 3000 ticks)
+    while remaining > 0:
         await asyncio.sleep(min(1.0, remaining))
         remaining -= 1.0
-        window: list[float] = []
-        for transport in transports:
-            window.extend(transport.send_errors.values())
-            transport.send_errors.clear()
+        counts.append([len(transport.send_errors) for transport in transports])
+    usage1, busy1, wall1 = resource.getrusage(resource.RUSAGE_SELF), machine_busy(), time.perf_counter()
+    wait1 = _runqueue_wait()
+    samples = [transport.send_errors.values() for transport in transports]
+    errors: list[float] = []
+    window_p99: list[float] = []
+    previous = [0] * len(transports)
+    for marks in counts:
+        window = [value for held, a, b in zip(samples, previous, marks, strict=True) for value in held[a:b]]
         window_p99.append(percentile(sorted(window), 0.99))
         errors.extend(window)
-    usage1, busy1, wall1 = resource.getrusage(resource.RUSAGE_SELF), machine_busy(), time.perf_counter()
+        previous = marks
     wakeups = clock.wakeups + sum(t.wakeups for t in transports if isinstance(t, _BareCall))
     jitter = [t.session.jitter.stats for t in transports if isinstance(t, _BenchTransport)]
     for task in tasks:
@@ -403,6 +420,8 @@ async def _serve(
             late_fraction=sum(j.late for j in jitter) / max(1, sum(j.received for j in jitter)),
             jitter_delay_ms=statistics.median(j.delay_ms for j in jitter) if jitter else 0.0,
             peer={},
+            sent_ahead=clock.sent_ahead / wall,
+            runqueue_wait=(wait1 - wait0) / wall,
         ),
         peer_stats,
     )
@@ -439,6 +458,30 @@ async def _naive_pacer(peer_port: int, errors: list[float]) -> None:
         transport.close()
 
 
+def _runqueue_wait() -> float:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat; 0 elsewhere)."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _placement(pin: bool) -> tuple[set[int], set[int]] | None:
+    """CPUs for (server, peer): one core each, when pinning is asked for and two are available.
+
+    Unpinned, the kernel's wake-affine placement often runs the peer on the server's core (over
+    loopback every packet the server sends wakes the peer from the server's own CPU), and the
+    server then waits in the run queue behind the load generator: not "the server on one core".
+    """
+    if not pin or not hasattr(os, "sched_setaffinity"):
+        return None
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return None
+    return {available[0]}, {available[1]}
+
+
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if name == "asyncio":
         return asyncio.new_event_loop
@@ -465,14 +508,18 @@ def run_realtime(
     bare: bool = False,
     warmup: float = 1.0,
     seed: int = 11,
+    pin: bool = True,
 ) -> RealtimeRun:
     """Part 2: ``calls`` transports on one ``loop`` for ``seconds`` (after ``warmup``).
 
     ``sink`` is ``"process"`` (the peer in a second process) or ``"loop"`` (the same event loop);
     ``bare`` replaces the calls by :class:`_BareCall` s: what the loop and sockets cost alone.
+    ``pin`` runs the server on one core and a peer process on another (:func:`_placement`).
     """
     if sink not in ("process", "loop"):
         raise ValueError(f"sink must be 'process' or 'loop', got {sink!r}")
+    placement = _placement(pin)
+    previous_cpus = os.sched_getaffinity(0) if placement is not None else None
     peer: multiprocessing.process.BaseProcess | None = None
     link: Connection | None = None
     start_peer: Callable[[list[int]], None] | None = None
@@ -480,7 +527,8 @@ def run_realtime(
         # Forked before this process has an event loop; the peer gets the ports once bound.
         context = multiprocessing.get_context("fork")
         link, child = context.Pipe()
-        peer = context.Process(target=_peer_process, args=(child, speech, seed + 1), daemon=True)
+        peer_cpus = placement[1] if placement is not None else None
+        peer = context.Process(target=_peer_process, args=(child, speech, seed + 1, peer_cpus), daemon=True)
         peer.start()
         parent = link
 
@@ -490,6 +538,8 @@ def run_realtime(
     gc.collect()
     gc.freeze()  # as Server.start does once it is up: the startup heap is not walked by the collector
     report: dict[str, float] = {}
+    if placement is not None:
+        os.sched_setaffinity(0, placement[0])
     try:
         with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
             result, stats = runner.run(
@@ -505,6 +555,8 @@ def run_realtime(
                 )
             )
     finally:
+        if previous_cpus is not None:
+            os.sched_setaffinity(0, previous_cpus)
         if peer is not None and link is not None:
             if link.poll(seconds + warmup + 10):
                 report = link.recv()
@@ -516,4 +568,9 @@ def run_realtime(
         report = {"received": stats.received, "sent": stats.sent, "spread_p50_ms": p50, "spread_p99_ms": p99}
     result.other_load = max(0.0, result.other_load - report.get("cpu_util", 0.0))
     result.peer = report
+    if placement is not None:
+        server_cpus, peer_cpus = placement
+        result.pinned = f"server {min(server_cpus)}"
+        if sink == "process":
+            result.pinned += f", peer {min(peer_cpus)}"
     return result
