@@ -1,5 +1,7 @@
 """One call's media and behaviour: the RTP engine, the optional recording, and what the call does
-with the caller's audio (``echo`` mode sends it straight back; the voice pipeline plugs in here).
+with the caller's audio: ``echo`` mode sends it straight back; ``agent`` mode hands every tick to
+the call's :class:`~sipagent.voice.agent.CallAgent` (the voice pipeline), which queues its replies
+on the same RTP session.
 
 The SIP side of the call lives in the endpoint; the server connects the two by Call-ID.
 """
@@ -22,6 +24,7 @@ from .rtp.frames import FrameKind, silence
 from .rtp.recorder import CallRecorder
 from .rtp.session import NegotiatedStream, RtpSession, RtpSessionConfig, Tick
 from .sip.events import Event
+from .voice.agent import AgentConfig, CallAgent, Models, TurnRecord
 
 log = logging.getLogger("sipagent.call")
 
@@ -39,6 +42,9 @@ class CallOptions:
     record_dir: Path | None = None
     #: Echo mode repeats received DTMF back as RFC 4733 events (so a peer can check ours).
     echo_dtmf: bool = True
+    #: Agent mode: the process-wide models and each call's agent behaviour.
+    models: Models | None = None
+    agent: AgentConfig | None = None
 
 
 @dataclass
@@ -58,6 +64,9 @@ class Call:
     started: bool = False
     #: The loop's shared media clock (None: this call arms its own).
     clock: MediaClock | None = None
+    #: Agent mode: the voice pipeline, from the first negotiated media on.
+    agent: CallAgent | None = None
+    _agent_closed: asyncio.Task[None] | None = None
 
     async def open(self) -> int:
         """Bind the media ports; returns the RTP port to put in SDP."""
@@ -98,6 +107,8 @@ class Call:
         self.session.configure(media)
         if not self.started:
             self.started = True
+            if self.options.mode == "agent":
+                self._start_agent()
             self.transport.start()
         else:
             self.transport.pump()
@@ -106,8 +117,26 @@ class Call:
         if self.recorder is not None:
             self.recorder.write_inbound(tick.inbound.samples)
             self.recorder.write_outbound(tick.outbound if tick.outbound is not None else silence())
-        if self.options.mode == "echo" and tick.inbound.kind is FrameKind.VOICE:
+        if self.agent is not None:
+            self.agent.on_tick(tick)
+        elif self.options.mode == "echo" and tick.inbound.kind is FrameKind.VOICE:
             self.session.send_frames([tick.inbound.samples])
+
+    def _start_agent(self) -> None:
+        models = self.options.models
+        if models is None:
+            raise RuntimeError("agent mode without loaded models (Server.start loads them)")
+        self.agent = CallAgent(self.call_id, models, self.session, self.options.agent, on_turn=self._on_turn)
+
+    def _on_turn(self, record: TurnRecord) -> None:
+        # CallAgent logs every field at info; this line is the one to grep for latency.
+        log.info(
+            "call %s turn %d latency: %s ms from the caller's last voiced frame to our first%s",
+            self.call_id,
+            record.turn,
+            "-" if record.tick_latency_ms is None else f"{record.tick_latency_ms:.0f}",
+            " (interrupted)" if record.interrupted else "",
+        )
 
     def _on_media_event(self, event: MediaEvent) -> None:
         if isinstance(event, DtmfReceived):
@@ -150,5 +179,16 @@ class Call:
             self.transport.close()
         if self.recorder is not None:
             self.recorder.close()
+        if self.agent is not None and self._agent_closed is None:
+            # Cancels the reply in progress and waits for its worker jobs (see wait_closed).
+            self._agent_closed = asyncio.get_running_loop().create_task(
+                self.agent.aclose(), name=f"agent-close-{self.call_id}"
+            )
         self.ended.set()
         self.settled.set()
+
+    async def wait_closed(self) -> None:
+        """After :meth:`close`: wait until the call's pipeline has nothing running."""
+        if self._agent_closed is not None:
+            # Shielded: a caller's cancellation (server shutdown) must not cut the clean-up short.
+            await asyncio.shield(self._agent_closed)

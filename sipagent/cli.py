@@ -7,12 +7,16 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .config import ConfigError, Settings, load_settings
+from .replay.capture import CallerLeg
+from .replay.impair import Impairments
+from .replay.runner import ReplayEvent
 from .sip.errors import RemoteProtocolError
 from .sip.events import CallAnswered
 from .sip.uri import SipUri
@@ -88,25 +92,27 @@ def main() -> None:
 
 @main.command()
 @common_options
-@click.option("--mode", type=click.Choice(["echo", "agent"]), help="What answered calls get (default echo).")
+@click.option(
+    "--mode",
+    type=click.Choice(["echo", "agent"]),
+    help="What answered calls get: the phone agent (default) or their own audio back (trunk test).",
+)
 @click.option("--answer-delay", type=float, help="Seconds to ring before answering (default 0).")
 def serve(config: Path | None, **options: Any) -> None:
     """Answer calls until interrupted (SIGINT/SIGTERM hang up every call cleanly)."""
     settings = _settings(config, _overrides(options))
     _setup_logging(settings.log_level)
-    if settings.mode == "agent":
-        raise click.ClickException(
-            "mode 'agent' needs the voice pipeline, which this build does not include yet; use --mode echo"
-        )
     asyncio.run(_serve(settings))
 
 
 async def _serve(settings: Settings) -> None:
-    from .server import Server
+    from .server import ModelLoadError, Server
 
     server = Server(settings)
     try:
         await server.start()
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen: {exc}") from None
     stop = asyncio.Event()
@@ -122,12 +128,19 @@ async def _serve(settings: Settings) -> None:
 @main.command()
 @common_options
 @click.argument("target")
+@click.option(
+    "--mode",
+    type=click.Choice(["echo", "agent"]),
+    default="echo",
+    show_default=True,
+    help="What the callee gets: its own audio back (trunk test) or the phone agent.",
+)
 @click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds to stay on the call.")
 @click.option(
     "--answer-timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for an answer."
 )
 def call(config: Path | None, target: str, duration: float, answer_timeout: float, **options: Any) -> None:
-    """Place one echo call to TARGET (a SIP URI) through the configured trunk; exit 0 if answered."""
+    """Place one call to TARGET (a SIP URI) through the configured trunk; exit 0 if answered."""
     settings = _settings(config, _overrides(options))
     _setup_logging(settings.log_level)
     try:
@@ -155,9 +168,18 @@ async def _call(settings: Settings, target: SipUri, duration: float, answer_time
 @main.command()
 @click.argument("capture", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option(
+    "--pipeline/--media-only",
+    default=True,
+    help="Answer with the voice pipeline (default; real time) or only run the media engine and VAD.",
+)
+@click.option(
     "--realtime/--fast",
-    default=False,
-    help="Pace the caller's audio in real time (default: as fast as possible).",
+    default=None,
+    help="Pace the caller's audio in real time (the default with the pipeline) or as fast as possible "
+    "on a simulated clock (the default with --media-only; not with the pipeline).",
+)
+@click.option(
+    "--config", "config", type=click.Path(path_type=Path), help="TOML file: [stt] [llm] [tts] [agent]."
 )
 @click.option("--loss", type=click.FloatRange(0, 1), default=0.0, help="Drop this fraction of packets.")
 @click.option(
@@ -169,24 +191,40 @@ async def _call(settings: Settings, target: SipUri, duration: float, answer_time
 @click.option("--duplicate", type=click.FloatRange(0, 1), default=0.0, help="Deliver this fraction twice.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the impairments.")
 @click.option("--ssrc", type=str, help="Replay the RTP flow with this SSRC (decimal or 0x hex).")
+@click.option(
+    "--echo-db",
+    type=click.FloatRange(0, 60),
+    help="Return the agent's voice on the caller leg with this echo return loss (dB), as a far-end hybrid.",
+)
+@click.option(
+    "--echo-delay-ms", type=click.FloatRange(0, 1000), default=120.0, show_default=True, help="Echo delay."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines, one object per event.")
 def replay(
     capture: Path,
-    realtime: bool,
+    pipeline: bool,
+    realtime: bool | None,
+    config: Path | None,
     loss: float,
     jitter_ms: float,
     reorder: float,
     duplicate: float,
     seed: int,
     ssrc: str | None,
+    echo_db: float | None,
+    echo_delay_ms: float,
     as_json: bool,
 ) -> None:
-    """Feed CAPTURE's caller RTP through the media engine and print what it heard."""
+    """Feed CAPTURE's caller RTP through the media engine and the voice pipeline; print what happened."""
     from .pcapio import PcapError
     from .replay.capture import CaptureError, load_caller_leg
-    from .replay.impair import Impairments
-    from .replay.runner import Replay, ReplayEvent
+    from .replay.runner import Replay
 
+    if pipeline and realtime is False:
+        raise click.UsageError("the voice pipeline replays in real time (its models take real time); "
+                               "use --media-only with --fast")  # fmt: skip
+    if not pipeline and echo_db is not None:
+        raise click.UsageError("--echo-db returns the agent's voice: it needs the pipeline")
     try:
         ssrc_value = int(ssrc, 0) if ssrc is not None else None
     except ValueError:
@@ -196,7 +234,6 @@ def replay(
     except (PcapError, CaptureError) as exc:
         raise click.ClickException(str(exc)) from None
     impairments = Impairments(loss=loss, jitter_ms=jitter_ms, reorder=reorder, duplicate=duplicate, seed=seed)
-    runner = Replay(leg, impairments)
 
     def emit(event: ReplayEvent) -> None:
         click.echo(event.as_json() if as_json else event.as_text())
@@ -208,7 +245,38 @@ def replay(
         )
         for note in leg.notes:
             click.echo(f"  {note}")
+    if pipeline:
+        settings = _settings(config, {})
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        asyncio.run(_replay_pipeline(settings, leg, impairments, emit, echo_db, echo_delay_ms))
+        return
+    runner = Replay(leg, impairments)
     if realtime:
         asyncio.run(runner.run_realtime(emit))
     else:
         runner.run_fast(emit)
+
+
+async def _replay_pipeline(
+    settings: Settings,
+    leg: CallerLeg,
+    impairments: Impairments,
+    emit: Callable[[ReplayEvent], None],
+    echo_db: float | None,
+    echo_delay_ms: float,
+) -> None:
+    from .replay.agent_replay import AgentReplay
+    from .replay.echo_line import EchoLine
+    from .voice.pipeline import agent_config, close_models, load_models
+
+    try:
+        models = await asyncio.to_thread(load_models, settings)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise click.ClickException(f"cannot load the voice models: {exc}") from None
+    try:
+        echo = None
+        if echo_db is not None:
+            echo = EchoLine(leg.codec, return_loss_db=echo_db, delay_ms=echo_delay_ms)
+        await AgentReplay(leg, impairments, models, agent_config(settings), echo=echo).run(emit)
+    finally:
+        await asyncio.to_thread(close_models, models)

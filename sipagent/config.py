@@ -199,6 +199,12 @@ class SttSettings(_Section):
     language: str | None = "en"
     #: Domain words (names, products) given to Whisper as its initial prompt.
     prompt: str | None = None
+    #: Seconds of audio the encoder sees per utterance: the utterance padded to this, or to the next
+    #: multiple of it up to 30. Whisper was trained on 30 s windows; its encoder's cost grows faster
+    #: than linearly with the window (tiny.en on 2 cores: 30 s 390 ms, 10 s 130 ms per utterance)
+    #: for a word error rate within the noise on telephone speech (decision 0009). 30 is stock
+    #: faster-whisper.
+    window_s: int = Field(10, ge=5, le=30)
 
     _model_path = field_validator("model")(_resolve_model)
 
@@ -281,10 +287,50 @@ class TtsSettings(_Section):
     _voice_path = field_validator("voice")(_resolve_model)
 
 
+class AgentSettings(_Section):
+    """How the phone agent takes turns (``mode = "agent"``); the models are ``[stt]``, ``[llm]``,
+    ``[tts]``."""
+
+    #: Caller silence that ends a turn (ms). The reply is already being prepared from the pause on,
+    #: so a longer wait costs the caller only this much more; above ~700 ms a phone line feels dead.
+    end_of_turn_ms: float = Field(300.0, ge=100, le=3000)
+    #: Silence after which speculative STT and LLM start (ms); must be shorter than end_of_turn_ms.
+    pause_ms: float = Field(100.0, ge=20, le=2000)
+    #: Caller voice shorter than this does not start a turn (clicks, line hits), ms.
+    min_speech_ms: float = Field(120.0, ge=20, le=2000)
+    #: Caller voice over the agent must last this long to interrupt it (ms): backchannels ("mm",
+    #: "ok") and coughs below it do not. The line goes quiet earlier (hold_after_ms) and resumes.
+    min_barge_in_ms: float = Field(240.0, ge=40, le=3000)
+    #: Caller voice over the agent for this long silences the line at once, keeping the place (ms).
+    hold_after_ms: float = Field(60.0, ge=20, le=1000)
+    #: WebRTC VAD aggressiveness, 0 (lenient) to 3 (strict).
+    vad_aggressiveness: int = Field(2, ge=0, le=3)
+    #: Said when a call is answered (none: wait for the caller).
+    greeting: str | None = None
+    #: Worker threads for inference shared by every call (STT, LLM and TTS jobs).
+    workers: int = Field(4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _pause_before_end(self) -> AgentSettings:
+        if self.pause_ms >= self.end_of_turn_ms:
+            raise ValueError(
+                f"pause_ms ({self.pause_ms:g}) must be shorter than end_of_turn_ms ({self.end_of_turn_ms:g})"
+            )
+        if self.hold_after_ms > self.min_barge_in_ms:
+            raise ValueError(
+                f"hold_after_ms ({self.hold_after_ms:g}) must not exceed min_barge_in_ms "
+                f"({self.min_barge_in_ms:g})"
+            )
+        if self.greeting is not None and not self.greeting.strip():
+            raise ValueError("greeting must not be empty (leave it out for none)")
+        return self
+
+
 class Settings(_Section):
     """The whole configuration."""
 
-    mode: Literal["echo", "agent"] = "echo"
+    #: ``agent``: the voice pipeline answers; ``echo``: every caller hears themselves (trunk test).
+    mode: Literal["echo", "agent"] = "agent"
     #: Seconds to ring (180) before answering an inbound call.
     answer_delay: float = Field(0.0, ge=0, le=300)
     sip: SipSettings = Field(default_factory=SipSettings)  # type: ignore[arg-type]
@@ -294,6 +340,7 @@ class Settings(_Section):
     stt: SttSettings = Field(default_factory=SttSettings)  # type: ignore[arg-type]
     llm: LlmSettings = Field(default_factory=LlmSettings)  # type: ignore[arg-type]
     tts: TtsSettings = Field(default_factory=TtsSettings)  # type: ignore[arg-type]
+    agent: AgentSettings = Field(default_factory=AgentSettings)  # type: ignore[arg-type]
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -1,8 +1,9 @@
 """The process: listeners, trunk attachment, inbound policy, the call table and each call's media.
 
-This release serves ``echo`` mode — every answered call hears its own audio back through the media
-engine (jitter buffer, 20 ms pacer, DTMF, SRTP), the classic trunk test. ``agent`` mode plugs the
-voice pipeline into :class:`~sipagent.call.Call` when it lands.
+``agent`` mode (the default) answers every call with the voice pipeline: the models are loaded
+once at start-up, before the listeners open, and shared by every call. ``echo`` mode — every
+answered call hears its own audio back through the media engine (jitter buffer, 20 ms pacer, DTMF,
+SRTP) — is the classic trunk test and needs no models.
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ from .sip.events import (
 from .sip.registration import RegistrationConfig
 from .sip.session import CallState
 from .sip.uri import SipUri
+from .voice.agent import Models
 
 log = logging.getLogger("sipagent")
+
+
+class ModelLoadError(RuntimeError):
+    """Agent mode could not load a model; the message names the file or setting."""
 
 
 class Server:
@@ -64,6 +70,10 @@ class Server:
         self.media_clock: MediaClock | None = None
         self.registered = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Agent mode: the models every call shares (loaded by :meth:`start`).
+        self.models: Models | None = None
+        #: Ended calls whose pipeline is still returning its worker jobs.
+        self._closing: set[Call] = set()
         self._allow = [
             ipaddress.ip_network(n, strict=False)
             for n in (settings.trunk.allow_from if settings.trunk else [])
@@ -71,7 +81,9 @@ class Server:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Bind listeners and attach to the trunk."""
+        """Load the models (agent mode), bind listeners and attach to the trunk."""
+        if self.settings.mode == "agent" and self.models is None:
+            await self._load_models()
         sip = self.settings.sip
         client_ssl = ssl.create_default_context()
         if not self.settings.sip.tls_verify:
@@ -123,6 +135,20 @@ class Server:
         gc.collect()
         gc.freeze()
 
+    async def _load_models(self) -> None:
+        # Imported here: echo mode needs no inference runtimes at all.
+        from .voice.pipeline import agent_config, load_models
+
+        log.info("loading the voice models (stt %s, llm %s, tts %s)", self.settings.stt.model,
+                 self.settings.llm.model, self.settings.tts.voice)  # fmt: skip
+        # Seconds of blocking native work: a worker thread keeps the loop (signals) responsive.
+        try:
+            self.models = await asyncio.to_thread(load_models, self.settings)
+        except (OSError, RuntimeError, ValueError) as exc:  # missing files, bad template, no CUDA
+            raise ModelLoadError(f"cannot load the voice models: {exc}") from exc
+        self.call_options.models = self.models
+        self.call_options.agent = agent_config(self.settings)
+
     def _attach_trunk(self) -> None:
         trunk = self.settings.trunk
         if trunk is None:
@@ -164,8 +190,16 @@ class Server:
             await asyncio.sleep(0.2)  # let BYEs and the un-REGISTER leave
         for task in list(self._tasks):
             task.cancel()
-        for call in list(self.calls.values()):
+        calls = [*self.calls.values(), *self._closing]
+        for call in calls:
             call.close()
+        # Every call's pipeline returns its worker jobs before the models go.
+        await asyncio.gather(*(call.wait_closed() for call in calls), return_exceptions=True)
+        if self.models is not None:
+            from .voice.pipeline import close_models
+
+            await asyncio.to_thread(close_models, self.models)
+            self.models = None
         if self.network is not None:
             await self.network.close()
 
@@ -206,11 +240,17 @@ class Server:
             if call is not None:
                 call.outcome = call.outcome or event
                 call.close()
+                self._closing.add(call)
+                self._spawn(self._forget_when_closed(call))
         elif isinstance(event, RegistrationSucceeded):
             log.info("registered %s for %d s", event.aor, event.expires)
             self.registered.set()
         elif isinstance(event, RegistrationFailed):
             log.warning("registration of %s failed: %d %s", event.aor, event.status, event.reason)
+
+    async def _forget_when_closed(self, call: Call) -> None:
+        await call.wait_closed()
+        self._closing.discard(call)
 
     def _hangup(self, call_id: str) -> None:
         assert self.endpoint is not None and self.network is not None
@@ -318,4 +358,4 @@ class Server:
         return call.outcome
 
 
-__all__ = ["Call", "Server"]
+__all__ = ["Call", "ModelLoadError", "Server"]

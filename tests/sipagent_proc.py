@@ -23,6 +23,8 @@ class SipagentServer:
     workdir: Path
     transports: tuple[str, ...] = ("udp", "tcp")
     extra_args: tuple[str, ...] = ()
+    #: ``echo`` unless a test is about the agent (``serve`` defaults to agent mode).
+    mode: str = "echo"
     config_text: str | None = None
     sip_port: int = field(default_factory=free_sip_port)
     tls_port: int | None = None
@@ -55,6 +57,7 @@ class SipagentServer:
         """The command line (``serve`` by default; ``call TARGET`` for outbound tests)."""
         argv = [sys.executable, "-m", "sipagent", command, *args]
         argv += ["--sip-bind", HOST, "--sip-port", str(self.sip_port), "--log-level", "debug"]
+        argv += ["--mode", self.mode]
         argv += [
             "--rtp-port-min",
             str(self.rtp_min),

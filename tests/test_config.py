@@ -68,8 +68,15 @@ def test_cli_reports_bad_flag_value_and_exits_nonzero(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode != 0
     assert "sip.port" in result.stderr and "greater than or equal to 1" in result.stderr
+
+
+def test_agent_mode_with_a_missing_model_names_it_and_exits(tmp_path: Path) -> None:
+    config = tmp_path / "sipagent.toml"
+    config.write_text(f'[stt]\nmodel = "{tmp_path / "no-such-model"}"\n')
     agent = subprocess.run(
-        [sys.executable, "-m", "sipagent", "serve", "--mode", "agent", "--sip-bind", "127.0.0.1"],
-        capture_output=True, text=True, timeout=30, check=False,
+        [sys.executable, "-m", "sipagent", "serve", "--config", str(config), "--sip-bind", "127.0.0.1",
+         "--sip-port", "45999"],
+        capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert agent.returncode != 0 and "voice pipeline" in agent.stderr
+    assert agent.returncode != 0
+    assert "cannot load the voice models" in agent.stderr and "no-such-model" in agent.stderr

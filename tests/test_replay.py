@@ -103,7 +103,7 @@ def test_jitter_buffer_on_a_fixture_with_loss_jitter_reorder_and_duplicates() ->
 
 def _replay_json(*args: str) -> list[dict[str, object]]:
     result = subprocess.run(
-        [sys.executable, "-m", "sipagent", "replay", "--json", *args],
+        [sys.executable, "-m", "sipagent", "replay", "--media-only", "--json", *args],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     return [json.loads(line) for line in result.stdout.splitlines()]

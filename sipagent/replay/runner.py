@@ -17,7 +17,7 @@ from typing import Any
 
 from ..rtp.events import DtmfReceived
 from ..rtp.frames import FRAME_SECONDS, FrameKind
-from ..rtp.session import RtpSession, RtpSessionConfig
+from ..rtp.session import RtpSession, RtpSessionConfig, Tick
 from ..voice.vad import SpeechEnded, SpeechSegmenter, SpeechStarted, WebRtcVad
 from .capture import CallerLeg
 from .impair import Impairments
@@ -81,9 +81,19 @@ class ReplaySummary:
 class Replay:
     """One replay run over a caller leg."""
 
-    def __init__(self, leg: CallerLeg, impairments: Impairments, *, vad_aggressiveness: int = 2) -> None:
+    def __init__(
+        self,
+        leg: CallerLeg,
+        impairments: Impairments,
+        *,
+        vad_aggressiveness: int = 2,
+        answer: bool = False,
+    ) -> None:
+        """``answer``: the replayed call sends too (silence fill and whatever is queued), as an
+        answered call does; the media-only replay just listens."""
         self.leg = leg
         self.impairments = impairments
+        self.t0 = 0.0
         self.session = RtpSession(
             ssrc=0x5A5A5A5A,
             first_sequence=1,
@@ -92,10 +102,12 @@ class Replay:
             rng=random.Random(impairments.seed),
             now=0.0,
             wall_offset=0.0,
-            config=RtpSessionConfig(fill_silence=False, media_timeout=0),
+            config=RtpSessionConfig(fill_silence=answer, media_timeout=0),
         )
         self.session.configure(
-            _Negotiated(leg.codec, leg.payload_type, leg.dtmf_payload_type, leg.dtmf_payload_type)
+            _Negotiated(
+                leg.codec, leg.payload_type, leg.dtmf_payload_type, leg.dtmf_payload_type, send=answer
+            )
         )
         self.vad = WebRtcVad(vad_aggressiveness)
         self.segmenter = SpeechSegmenter()
@@ -127,27 +139,39 @@ class Replay:
     async def run_realtime(self, emit: Callable[[ReplayEvent], None]) -> ReplaySummary:
         """Paced in real time on the loop's clock, as a live caller would send."""
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        t0 = self.t0 = loop.time()
         self.session.start(t0)
         index = 0
         while True:
             now = loop.time() - t0
             while index < len(self._arrivals) and self._arrivals[index][0] <= now:
-                self.session.receive_rtp(self._arrivals[index][1], _CALLER, t0 + self._arrivals[index][0])
+                self._deliver(self._arrivals[index][1], t0 + self._arrivals[index][0])
                 index += 1
             self.session.handle_timer(loop.time())
             self._drain(emit, offset=t0)
-            if now > self.duration:
+            if now > self.duration and self._may_end():
                 break
             deadline = self.session.get_timer()
             if index < len(self._arrivals):
                 next_arrival = t0 + self._arrivals[index][0]
                 deadline = next_arrival if deadline is None else min(deadline, next_arrival)
             await asyncio.sleep(max(0.0, (deadline or loop.time() + FRAME_SECONDS) - loop.time()))
+        return await self._finish_realtime(emit)
+
+    def _deliver(self, data: bytes, at: float) -> None:
+        """One caller packet arrives (loop time ``at``)."""
+        self.session.receive_rtp(data, _CALLER, at)
+
+    def _may_end(self) -> bool:
+        """Past the last packet's tail: whether the run may stop now."""
+        return True
+
+    async def _finish_realtime(self, emit: Callable[[ReplayEvent], None]) -> ReplaySummary:
         return self._finish(emit)
 
     def _drain(self, emit: Callable[[ReplayEvent], None], offset: float = 0.0) -> None:
         while (tick := self.session.next_tick()) is not None:
+            self._on_tick(tick)
             self.summary.frames += 1
             kind = tick.inbound.kind
             if kind is FrameKind.VOICE:
@@ -165,6 +189,9 @@ class Replay:
                         "dtmf", event.start - offset, {"digit": event.digit, "duration_ms": event.duration_ms}
                     )
                 )
+
+    def _on_tick(self, tick: Tick) -> None:
+        """Each tick, before the VAD segmenter sees it (the pipeline hooks in here)."""
 
     def _emit_segment(
         self, segment: SpeechStarted | SpeechEnded, emit: Callable[[ReplayEvent], None]

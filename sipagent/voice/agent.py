@@ -3,7 +3,7 @@
 Data flow (every 20 ms tick, on the event loop, cheap)::
 
     Tick.inbound ─► WebRtcVad ─► EchoGuard (is it us?) ─► TurnDetector ─► events
-    Tick.outbound ─► EchoGuard.note_outbound, Playback.confirm_sent (what the caller heard)
+    Tick.outbound ─► EchoGuard.note_outbound; pacer queue ─► Playback.sync_sent (what the caller heard)
     Playback.take ─► RtpSession.send_frames (the pacer holds at most two of our frames)
 
     PauseStarted ─► Responder (speculative): STT ─► LLM tokens ─► SpokenFilter ─► SentenceChunker
@@ -109,6 +109,13 @@ class TurnRecord:
     last_voiced_rtp_ts: int | None = None
     first_voiced_out_at: float | None = None
     last_voiced_at: float | None = None
+    #: The caller's voice over this reply: when the line was last silenced for it (hold or
+    #: barge-in, a tick time), and the first frame of that voice (its tick and RTP timestamp).
+    stop_decided_at: float | None = None
+    caller_onset_at: float | None = None
+    caller_onset_rtp_ts: int | None = None
+    #: How often the line was held for caller voice (a hold that resumed was a blip or backchannel).
+    holds: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """For JSON logs and ``replay --json``."""
@@ -241,6 +248,8 @@ class CallAgent:
         self._turn_open = False
         self._last_voiced_ts: int | None = None
         self._voice_run = 0
+        #: The tick and RTP timestamp of the first frame of the current run of caller voice.
+        self._run_start: tuple[float | None, int | None] = (None, None)
         self._hold_frames = max(1, round(self.config.hold_after_ms / 1000 / FRAME_SECONDS))
         self._speculation: _Responder | None = None
         self._speaking: _Responder | None = None  # the reply being played (committed)
@@ -266,8 +275,9 @@ class CallAgent:
         out = tick.outbound
         # The guard needs every frame that went out, silence fill included (None here).
         self.echo.note_outbound(out if out is not None else _SILENCE, tick.time)
+        if speaking is not None:
+            speaking.playback.sync_sent(self.media.queued_output)
         if out is not None and speaking is not None:
-            speaking.playback.confirm_sent()
             record = speaking.record
             if record.first_voiced_out_at is None and int(np.abs(out).max()) >= _VOICED_PEAK:
                 self._note_first_audio(record, tick.time)
@@ -278,9 +288,11 @@ class CallAgent:
         if voiced and agent_on:
             voiced = self.echo.inbound_is_caller(samples, tick.time)
         self._collect(samples, frame.timestamp, voiced)
+        if voiced and self._voice_run == 0:
+            self._run_start = (tick.time, frame.timestamp)
         for event in self.turns.push(voiced, tick.time, agent_speaking=agent_on):
             self._handle(event, tick.time)
-        self._hold_or_resume(voiced)
+        self._hold_or_resume(voiced, tick.time)
         self._feed()
 
     def _collect(self, samples: Pcm, timestamp: int | None, voiced: bool) -> None:
@@ -299,7 +311,7 @@ class CallAgent:
                 self._turn_audio = [pcm for pcm, _ in self._preroll]
                 self._preroll.clear()
 
-    def _hold_or_resume(self, voiced: bool) -> None:
+    def _hold_or_resume(self, voiced: bool, now: float) -> None:
         speaking = self._speaking
         self._voice_run = self._voice_run + 1 if voiced else 0
         if speaking is None or speaking.playback.done:
@@ -307,6 +319,8 @@ class CallAgent:
         playback = speaking.playback
         if not playback.held and self._voice_run >= self._hold_frames:
             playback.hold(self.media.flush_output())
+            speaking.record.holds += 1
+            self._note_stop(speaking.record, now)
         elif playback.held and self.turns.state.name == "LISTENING" and self._voice_run == 0:
             playback.resume()  # it was a blip, a cough or a short "mm": carry on
 
@@ -387,6 +401,8 @@ class CallAgent:
         speaking = self._speaking
         if speaking is None or speaking.playback.done:
             return
+        if not speaking.playback.held:
+            self._note_stop(speaking.record, now)
         self.media.flush_output()
         self._stop_speaking(speaking, interrupted=True)
         log.info("call %s: barge-in at %.2f s, the agent stopped", self.name, now)
@@ -398,6 +414,10 @@ class CallAgent:
         if responder.task is not None and not responder.task.done():
             responder.task.cancel()
         self._finish_turn(responder)
+
+    def _note_stop(self, record: TurnRecord, now: float) -> None:
+        record.stop_decided_at = now
+        record.caller_onset_at, record.caller_onset_rtp_ts = self._run_start
 
     def _note_first_audio(self, record: TurnRecord, at: float) -> None:
         record.first_voiced_out_at = at
@@ -432,6 +452,11 @@ class CallAgent:
         if pending:
             await asyncio.wait(pending, timeout=timeout)
         self.chat_session.close()
+
+    @property
+    def speaking(self) -> bool:
+        """A reply is being played (or about to be)."""
+        return self._speaking is not None
 
     @property
     def busy(self) -> bool:

@@ -71,9 +71,14 @@ class Playback:
         self._next += len(out)
         return out
 
-    def confirm_sent(self, frames: int = 1) -> None:
-        """The pacer sent ``frames`` of ours (a tick's outbound PCM was one of our frames)."""
-        self._confirmed = min(self._next, self._confirmed + frames)
+    def sync_sent(self, queued_in_pacer: int) -> None:
+        """The pacer still holds ``queued_in_pacer`` of the frames handed to it: the rest left.
+
+        Counted from the queue rather than from each tick's outbound frame, so a stalled loop
+        whose catch-up sent several packets in one tick (or skipped some) cannot leave frames
+        unaccounted for, and the reply always ends.
+        """
+        self._confirmed = max(self._confirmed, min(self._next, self._next - queued_in_pacer))
 
     def hold(self, flushed_from_pacer: int) -> None:
         """Silence the line but keep the place: ``flushed_from_pacer`` frames go back in line."""

@@ -6,14 +6,19 @@ timing and control flow.
 
 The pipeline segments speech itself (WebRTC VAD and end-of-turn), so each call here is one utterance:
 Whisper's own VAD is off, there is no previous text to condition on, and no timestamps are decoded.
-``transcribe`` blocks for the whole utterance (Whisper tiny.en encodes a fixed 30 s window, about
-0.4 s on 2 cores); call it from a worker thread. CTranslate2 releases the GIL while it runs, and one
-loaded model may be shared by every call: concurrent calls queue inside CTranslate2 (or run in
-parallel with ``num_workers`` > 1, at the cost of a copy of the model's working memory per worker).
+``transcribe`` blocks for the whole utterance; call it from a worker thread. Stock faster-whisper
+pads every input to Whisper's 30 s window, and the encoder's cost grows faster than linearly with
+it (tiny.en on 2 cores: 30 s 390 ms, 10 s 130 ms per utterance), so we encode a shorter window
+(``window_s``, default 10 s, the utterance padded up to it) through CTranslate2 directly, with
+faster-whisper's features, tokenizer and token suppression (decision 0009). CTranslate2 releases
+the GIL while it runs, and one loaded model may be shared by every call: concurrent calls queue
+inside CTranslate2 (or run in parallel with ``num_workers`` > 1, at the cost of a copy of the
+model's working memory per worker).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,6 +33,10 @@ from .resample import TELEPHONE_RATE, telephone_to_whisper
 
 if TYPE_CHECKING:
     from ..config import SttSettings
+
+#: Whisper's window, as trained.
+_FULL_WINDOW_S = 30
+_MAX_TOKENS_PER_S = 12
 
 # Whisper's own rule for "this window is silence": both must hold (openai/whisper transcribe.py).
 _NO_SPEECH_THRESHOLD = 0.6
@@ -85,6 +94,7 @@ class WhisperTranscriber:
         beam_size: int = 1,
         language: str | None = "en",
         prompt: str | None = None,
+        window_s: int = 10,
     ) -> None:
         """Load the model in ``model_dir`` (a faster-whisper/CTranslate2 folder with ``model.bin``).
 
@@ -115,6 +125,12 @@ class WhisperTranscriber:
             num_workers=num_workers,
             local_files_only=True,
         )
+        if not 1 <= window_s <= _FULL_WINDOW_S:
+            raise ValueError(f"stt.window_s must be 1-{_FULL_WINDOW_S} s, got {window_s}")
+        self.window_s = window_s
+        #: Utterances re-decoded on the full window because the short one repeated itself.
+        self.fallbacks = 0
+        self._decoder = _WindowDecoder(self._model, language, prompt or None, beam_size)
 
     @classmethod
     def from_settings(cls, settings: SttSettings) -> WhisperTranscriber:
@@ -128,6 +144,7 @@ class WhisperTranscriber:
             beam_size=settings.beam_size,
             language=settings.language,
             prompt=settings.prompt,
+            window_s=settings.window_s,
         )
 
     def transcribe(self, pcm_8k: npt.NDArray[np.int16]) -> Transcript:
@@ -137,6 +154,21 @@ class WhisperTranscriber:
         if pcm.size == 0:
             return Transcript("", 1.0, 0.0, 0.0)
         audio = telephone_to_whisper(pcm)
+        if duration > _FULL_WINDOW_S - 1 or self.window_s >= _FULL_WINDOW_S:
+            return self._transcribe_stock(audio, duration)
+        # The next multiple of the window, with a second to spare: the utterance must not end at
+        # the window's edge, where Whisper expects words cut in two.
+        window = min(_FULL_WINDOW_S, self.window_s * math.ceil((duration + 1) / self.window_s))
+        transcript = self._decoder.decode(audio, window, duration)
+        if window < _FULL_WINDOW_S and _repeats_itself(transcript.text):
+            # A short window's known failure: the decoder says the utterance again ("ten of clubs.
+            # ten of clubs."). The window Whisper was trained on does not (it costs ~3x, rarely).
+            self.fallbacks += 1
+            return self._transcribe_stock(audio, duration)
+        return transcript
+
+    def _transcribe_stock(self, audio: npt.NDArray[np.float32], duration: float) -> Transcript:
+        """faster-whisper's own path: 30 s windows (and several of them for a longer input)."""
         segments, _info = self._model.transcribe(
             audio,
             language=self.language,
@@ -153,6 +185,63 @@ class WhisperTranscriber:
             no_speech_threshold=None,
         )
         return _collect(segments, duration)
+
+
+class _WindowDecoder:
+    """One utterance, one encoder window shorter than 30 s, one greedy (or beam) decode.
+
+    The same request faster-whisper builds for a single window (its tokenizer's start sequence,
+    ``<|notimestamps|>``, the initial prompt after ``<|startofprev|>``, its suppressed tokens) sent
+    to CTranslate2 with the features padded to ``window`` seconds instead of 30.
+    """
+
+    def __init__(self, model: Any, language: str | None, prompt: str | None, beam_size: int) -> None:
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self._model = model
+        tokenizer = Tokenizer(
+            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language or "en"
+        )
+        self._tokenizer = tokenizer
+        prefix: list[int] = []
+        if prompt:
+            # openai/whisper keeps the last half of the context for the previous text (223 tokens).
+            prefix = [tokenizer.sot_prev, *tokenizer.encode(" " + prompt.strip())[-223:]]
+        self._prompt = [*prefix, *tokenizer.sot_sequence, tokenizer.no_timestamps]
+        self._suppress = list(get_suppressed_tokens(tokenizer, [-1]))
+        self._beam_size = beam_size
+
+    def decode(self, audio: npt.NDArray[np.float32], window: int, duration: float) -> Transcript:
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.transcribe import get_ctranslate2_storage
+
+        extractor = self._model.feature_extractor
+        features = pad_or_trim(extractor(audio), window * extractor.sampling_rate // extractor.hop_length)
+        result = self._model.model.generate(
+            get_ctranslate2_storage(features[np.newaxis]),
+            [self._prompt],
+            beam_size=self._beam_size,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+            # A phone utterance is words at ~3 tokens/s; a cap at several times that stops a
+            # repetition loop (a known Whisper failure on short windows) long before 448 tokens.
+            max_length=len(self._prompt) + _MAX_TOKENS_PER_S * math.ceil(duration) + 16,
+        )[0]
+        tokens = result.sequences_ids[0]
+        text = self._tokenizer.decode(tokens).strip()
+        # CTranslate2 returns the cumulative log probability; Whisper averages it over the tokens + 1.
+        avg_logprob = float(result.scores[0]) / (len(tokens) + 1)
+        no_speech = float(result.no_speech_prob) if text else 1.0
+        return Transcript(text, no_speech, avg_logprob, duration)
+
+
+def _repeats_itself(text: str) -> bool:
+    """Whether the text ends with a run of two or more words said twice in a row."""
+    words = [w.strip(".,!?;:\"'").lower() for w in text.split()]
+    return any(words[-size:] == words[-2 * size : -size] for size in range(2, len(words) // 2 + 1))
 
 
 def _collect(segments: Iterable[Any], duration: float) -> Transcript:
