@@ -47,7 +47,7 @@ class CallOptions:
     agent: AgentConfig | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # a live call: identity, not value (the server keeps sets of them)
 class Call:
     """Media state of one call."""
 

@@ -78,7 +78,8 @@ class SipagentServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = ManagedProcess(self.argv(), name="sipagent", logdir=self.workdir)
         self.process.start()
-        self.process.wait_for_output(r"listening on", timeout=20)
+        # Agent mode loads the models first (a few seconds, more on a loaded box).
+        self.process.wait_for_output(r"listening on", timeout=20 if self.mode == "echo" else 120)
         return self
 
     def __exit__(
