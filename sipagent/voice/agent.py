@@ -412,8 +412,17 @@ class CallAgent:
         responder.cancel.set()
         responder.record.interrupted = interrupted
         if responder.task is not None and not responder.task.done():
-            responder.task.cancel()
+            responder.task.cancel()  # it cuts the history to what was heard on its way out
+        else:
+            # The reply was fully generated and only playing: cut its history entry here.
+            self._keep_heard(responder)
         self._finish_turn(responder)
+
+    def _keep_heard(self, responder: _Responder) -> None:
+        session, mark = self.chat_session, responder.history_mark
+        history = session.history
+        if mark is not None and len(history) == mark + 2 and history[-1].role == "assistant":
+            session.record_spoken(responder.playback.heard_text())
 
     def _note_stop(self, record: TurnRecord, now: float) -> None:
         record.stop_decided_at = now
