@@ -198,3 +198,13 @@ def test_a_stall_longer_than_the_catch_up_skips_ticks_both_ways(sent_first: bool
     pair.now = late + 0.001
     pair.run(0.1)  # and the session goes on, one tick per 20 ms
     assert 4 <= len(_ticks(alice)) <= 6
+
+
+def test_nothing_is_due_before_a_clock_started_ahead_of_now() -> None:
+    session = _session(5, 100.0)
+    session.configure(_negotiate()[0])
+    session.start(100.010)  # the adapter starts clocks up to 20 ms ahead, at a quiet phase
+    assert session.send_due(100.0) == [] and session.datagrams_to_send(100.0) == []
+    session.handle_timer(100.0)
+    assert _ticks(session) == []
+    assert session.send_due(100.0095) == [pytest.approx(100.010)]  # 0.5 ms early is on time

@@ -19,6 +19,7 @@ address or reset the media timeout, so forged packets cannot steal the media pat
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -359,8 +360,10 @@ class RtpSession:
     def _due(self, done: int, now: float) -> int:
         # A tick may run up to _EARLY_S before it is due: event loops wake on millisecond
         # granularity, so the adapter arms 1 ms early and the packet leaves on time, not late.
+        # floor, not int(): before the clock's start (the adapter may start it a few ms ahead,
+        # at a quiet phase of the shared clock) nothing is due yet.
         assert self._t0 is not None
-        return int((now + _EARLY_S - self._t0) / FRAME_SECONDS + 1e-6) + 1 - done
+        return math.floor((now + _EARLY_S - self._t0) / FRAME_SECONDS + 1e-6) + 1 - done
 
     def send_due(self, now: float) -> list[float]:
         """The outbound half of every tick due by ``now``: queue its packet; returns the ticks'
