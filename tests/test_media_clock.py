@@ -10,7 +10,7 @@ import time
 import pytest
 
 from sipagent.net.media import MediaTransport
-from sipagent.net.media_clock import ARM_EARLY_S, MediaClock
+from sipagent.net.media_clock import ARM_EARLY_S, PHASES, MediaClock
 from sipagent.rtp.events import MediaEvent
 from sipagent.rtp.frames import FRAME_SECONDS
 from sipagent.rtp.packet import RtpPacket
@@ -96,6 +96,22 @@ async def test_a_later_slot_sends_while_an_earlier_one_is_still_busy_inbound() -
         ("clock", id(later)),
     ]
     assert clock.sent_ahead == 1 and clock.runs == 3
+
+
+async def test_calls_start_on_the_least_busy_millisecond_phase() -> None:
+    loop = asyncio.get_running_loop()
+    clock = MediaClock(loop)
+    now = loop.time()
+    starts = [clock.claim_start(now + index * 0.0003) for index in range(2 * PHASES)]
+    assert clock.phase_calls == [2] * PHASES  # however the calls arrived, every phase carries two
+    for index, start in enumerate(starts):
+        asked = now + index * 0.0003
+        assert asked < start <= asked + FRAME_SECONDS + 1e-9  # never more than one tick later
+        # Mid-slot: the slot a tick lands in does not depend on float rounding of its deadline.
+        assert abs(((start - ARM_EARLY_S) * 1000.0) % 1.0 - 0.5) < 1e-6
+    for start in starts[:PHASES]:
+        clock.release_start(start)
+    assert sum(clock.phase_calls) == PHASES
 
 
 async def test_rescheduling_and_unscheduling_leave_no_stale_runs() -> None:

@@ -110,6 +110,7 @@ class MediaTransport:
         #: Datagrams the kernel refused (full buffer, unreachable network): UDP drops them.
         self.send_failures = 0
         self.closed = False
+        self._started_at: float | None = None
 
     async def bind(self, host: str, port_min: int, port_max: int, rng: random.Random | None = None) -> int:
         """Bind RTP on a free even port in ``[port_min, port_max)`` and RTCP on the next one."""
@@ -146,8 +147,12 @@ class MediaTransport:
         return True
 
     def start(self) -> None:
-        """Start the 20 ms clock now."""
-        self.session.start(self.loop.time())
+        """Start the 20 ms clock, within the next 20 ms at the least busy phase of the shared clock
+        (:meth:`MediaClock.claim_start`)."""
+        if self._started_at is not None:
+            raise RuntimeError("the media clock has already been started")
+        self._started_at = self.clock.claim_start(self.loop.time())
+        self.session.start(self._started_at)
         self.pump()
 
     # ------------------------------------------------------------------ input
@@ -243,6 +248,8 @@ class MediaTransport:
         self._send(self.session.datagrams_to_send(self.loop.time()))
         self.closed = True
         self.clock.schedule(self, None)
+        if self._started_at is not None:
+            self.clock.release_start(self._started_at)
         if self._rtp is not None:
             self._rtp.close()
             self._rtp = None
