@@ -127,6 +127,7 @@ class Call:
         if models is None:
             raise RuntimeError("agent mode without loaded models (Server.start loads them)")
         self.agent = CallAgent(self.call_id, models, self.session, self.options.agent, on_turn=self._on_turn)
+        self.agent.greet(asyncio.get_running_loop().time())
 
     def _on_turn(self, record: TurnRecord) -> None:
         # CallAgent logs every field at info; this line is the one to grep for latency.

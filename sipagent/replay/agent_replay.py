@@ -107,6 +107,7 @@ class AgentReplay(Replay):
     async def run(self, emit: Callable[[ReplayEvent], None]) -> AgentReplaySummary:
         """The whole call in real time; events go to ``emit`` as they happen."""
         self._emit = emit
+        self.agent.greet(asyncio.get_running_loop().time())
         await self.run_realtime(emit)
         return self.totals
 

@@ -125,9 +125,13 @@ class TurnRecord:
 class _Responder:
     """One reply in the making: STT, then LLM tokens to TTS chunks into a :class:`Playback`."""
 
-    def __init__(self, agent: CallAgent, audio: Pcm, *, committed: bool, started_at: float) -> None:
+    def __init__(
+        self, agent: CallAgent, audio: Pcm, *, committed: bool, started_at: float, script: str | None = None
+    ) -> None:
         self.agent = agent
         self.audio = audio
+        #: Fixed words to say instead of answering the audio (the greeting): no STT, no LLM.
+        self.script = script
         self.committed = committed
         self.playback = Playback()
         self.cancel = threading.Event()
@@ -148,6 +152,9 @@ class _Responder:
         agent, record = self.agent, self.record
         clock = time.monotonic
         try:
+            if self.script is not None:
+                await self._say_script(self.script, clock)
+                return
             t0 = clock()
             transcript = await agent.in_worker(agent.models.transcriber.transcribe, self.audio)
             record.stt_ms = (clock() - t0) * 1000
@@ -172,6 +179,19 @@ class _Responder:
                         session.record_spoken(self.playback.heard_text())
         finally:
             self.playback.finish()
+
+    async def _say_script(self, script: str, clock: Callable[[], float]) -> None:
+        async with self.agent.history_lock:
+            session = self.agent.chat_session
+            self.history_mark = len(session.history) - 1  # as if a user turn preceded it
+            session.add_assistant(script)
+            try:
+                chunker, start = SentenceChunker(), clock()
+                for chunk in chunker.feed(script) + chunker.flush():
+                    await self._say(chunk, clock, start)
+            finally:
+                if self.playback.stopped:
+                    session.record_spoken(self.playback.heard_text())
 
     async def _speak(self, session: ChatSession, clock: Callable[[], float]) -> None:
         agent, record = self.agent, self.record
@@ -348,9 +368,15 @@ class CallAgent:
     def _turn_pcm(self) -> Pcm:
         return np.concatenate(self._turn_audio) if self._turn_audio else np.zeros(0, dtype=np.int16)
 
-    def _start_reply(self, *, committed: bool, now: float) -> _Responder:
+    def greet(self, now: float) -> None:
+        """Say the configured greeting (the call was just answered); the caller may talk over it."""
+        if self.config.greeting:
+            self._start_reply(committed=True, now=now, script=self.config.greeting)
+
+    def _start_reply(self, *, committed: bool, now: float, script: str | None = None) -> _Responder:
         self._cancel_speculation()
-        responder = _Responder(self, self._turn_pcm(), committed=committed, started_at=now)
+        audio = np.zeros(0, dtype=np.int16) if script is not None else self._turn_pcm()
+        responder = _Responder(self, audio, committed=committed, started_at=now, script=script)
         responder.start()
         assert responder.task is not None
         self._tasks.add(responder.task)

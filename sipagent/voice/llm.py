@@ -135,6 +135,13 @@ class ChatSession:
             raise ValueError("empty user turn")
         self._turns.append(Turn("user", text))
 
+    def add_assistant(self, text: str) -> None:
+        """Record something the agent said that the model did not write (a greeting)."""
+        text = text.strip()
+        if not text:
+            raise ValueError("empty assistant turn")
+        self._turns.append(Turn("assistant", text))
+
     def stream_reply(self, cancel: threading.Event | None = None) -> Iterator[str]:
         """Yield the assistant's reply in pieces; ``cancel`` stops it before the next token. The text
         becomes an assistant turn. Exhaust or ``close()`` the iterator: while open it holds the model."""

@@ -395,16 +395,19 @@ _DASHES = "-–—"
 class ChunkerConfig:
     """Tunables of :class:`SentenceChunker`, validated when built.
 
-    * ``first_min_words`` = 5: the first chunk of a reply may end at a clause (comma, semicolon,
+    * ``first_min_words`` = 4: the first chunk of a reply may end at a clause (comma, semicolon,
       colon, dash) once it has this many words, so TTS starts ~1 clause earlier. Fewer words
       sound clipped ("Sure," alone); more delay the first audio.
-    * ``first_max_chars`` = 100: the first chunk is cut at a word by then even without a clause.
+    * ``first_max_chars`` = 48: the first chunk is cut at a word by then even without a clause:
+      about nine words, 2-3 s of speech, which the LLM (~40 tokens/s on one CPU core) and TTS
+      finish well before it has played. A whole first sentence cost ~150 ms more to the first
+      audio on the fixtures (scripts/bench_latency.py).
     * ``max_chars`` = 200: later chunks are whole sentences, cut (at a clause, else a word) only
       beyond this, which bounds the TTS latency of any one chunk.
     """
 
-    first_min_words: int = 5
-    first_max_chars: int = 100
+    first_min_words: int = 4
+    first_max_chars: int = 48
     max_chars: int = 200
 
     def __post_init__(self) -> None:
