@@ -138,7 +138,11 @@ def render(results: dict[str, Any]) -> str:
         )
     out += [f"   {skipped}" for skipped in results["skipped"]]
     pinned = sorted({run["pinned"] for run in results["realtime"]})
-    out.append(f"   pinned: {'; '.join(p for p in pinned if p) or 'no'}")
+    priority = sorted({run["priority"] for run in results["realtime"]})
+    out.append(
+        f"   pinned: {'; '.join(p for p in pinned if p) or 'no'}; "
+        f"scheduling: {'; '.join(p for p in priority if p) or 'normal (SCHED_OTHER)'}"
+    )
     out += [
         "   work none: the loop and sockets alone; p99/s: median of the per-second p99s; CPU: server",
         "   process, of one core; peer p99: arrival spread the peer saw (its own lateness included);",
@@ -230,6 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="do not pin the server to one core and the peer process to another (pinned by default)",
     )
+    parser.add_argument(
+        "--rt-priority",
+        action="store_true",
+        help="run the server and the peer in the SCHED_RR real-time class (root; for shared boxes)",
+    )
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeat < 1 or args.seconds <= 0 or args.rt_seconds <= 0:
@@ -272,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 loop=loop_name,
                 bare=bare,
                 pin=not args.no_pin,
+                priority=args.rt_priority,
             )
         )
     say(f"CPU: {args.calls} calls x {args.seconds:g} s simulated, {args.repeat} runs ...")

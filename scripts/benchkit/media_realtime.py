@@ -137,7 +137,9 @@ class _Feeder:
         return [(stream.packet(self.speech, index), address) for stream, address in self.slots[slot]]
 
 
-def _peer_process(conn: Connection, speech: Sequence[bytes], seed: int, cpus: set[int] | None) -> None:
+def _peer_process(
+    conn: Connection, speech: Sequence[bytes], seed: int, cpus: set[int] | None, priority: bool
+) -> None:
     """The peer in its own process: sends on schedule and drains its sockets on its own timer.
 
     The peer never waits *on* its sockets. Over loopback the sender's ``sendto`` delivers the
@@ -150,6 +152,8 @@ def _peer_process(conn: Connection, speech: Sequence[bytes], seed: int, cpus: se
     """
     if cpus is not None:
         os.sched_setaffinity(0, cpus)
+    if priority:
+        _realtime_priority()
     rtp, rtcp = bind_pair()
     for sock in (rtp, rtcp):
         sock.setblocking(False)
@@ -320,6 +324,7 @@ class RealtimeRun:
     sent_ahead: float = 0.0  # per second: slots whose packets went out before their own timer fired
     runqueue_wait: float = 0.0  # share of the wall time the server was runnable but not running
     pinned: str = ""  # "server 0, peer 1": the CPUs each process was pinned to ("" not pinned)
+    priority: str = ""  # "SCHED_RR 10": the scheduling class with --rt-priority ("" normal)
 
 
 async def _serve(
@@ -492,6 +497,21 @@ def _runqueue_wait() -> float:
         return 0.0
 
 
+#: SCHED_RR priority of the server and the peer with ``priority`` (1-99; FreeSWITCH's -rp uses
+#: the real-time class too). The kernel keeps 5 % of each second for other tasks
+#: (sched_rt_runtime_us), so a runaway loop cannot take the core entirely.
+RT_PRIORITY = 10
+
+
+def _realtime_priority() -> bool:
+    """Run this process in the SCHED_RR real-time class; False where that is not allowed."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(RT_PRIORITY))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def _placement(pin: bool) -> tuple[set[int], set[int]] | None:
     """CPUs for (server, peer): one core each, when pinning is asked for and two are available.
 
@@ -534,12 +554,16 @@ def run_realtime(
     warmup: float = 1.0,
     seed: int = 11,
     pin: bool = True,
+    priority: bool = False,
 ) -> RealtimeRun:
     """Part 2: ``calls`` transports on one ``loop`` for ``seconds`` (after ``warmup``).
 
     ``sink`` is ``"process"`` (the peer in a second process) or ``"loop"`` (the same event loop);
     ``bare`` replaces the calls by :class:`_BareCall` s: what the loop and sockets cost alone.
-    ``pin`` runs the server on one core and a peer process on another (:func:`_placement`).
+    ``pin`` runs the server on one core and a peer process on another (:func:`_placement`);
+    ``priority`` runs both in the real-time scheduling class (:data:`RT_PRIORITY`), so that on a
+    shared box other programs cannot take the server's core while it has work: deployments of
+    media servers do the same, and it is what "on one core" means when the box is not ours alone.
     """
     if sink not in ("process", "loop"):
         raise ValueError(f"sink must be 'process' or 'loop', got {sink!r}")
@@ -553,7 +577,9 @@ def run_realtime(
         context = multiprocessing.get_context("fork")
         link, child = context.Pipe()
         peer_cpus = placement[1] if placement is not None else None
-        peer = context.Process(target=_peer_process, args=(child, speech, seed + 1, peer_cpus), daemon=True)
+        peer = context.Process(
+            target=_peer_process, args=(child, speech, seed + 1, peer_cpus, priority), daemon=True
+        )
         peer.start()
         parent = link
 
@@ -565,6 +591,7 @@ def run_realtime(
     report: dict[str, float] = {}
     if placement is not None:
         os.sched_setaffinity(0, placement[0])
+    prioritised = priority and _realtime_priority()
     try:
         with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
             result, stats = runner.run(
@@ -580,6 +607,8 @@ def run_realtime(
                 )
             )
     finally:
+        if prioritised:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         if previous_cpus is not None:
             os.sched_setaffinity(0, previous_cpus)
         if peer is not None and link is not None:
@@ -593,6 +622,7 @@ def run_realtime(
         report = {"received": stats.received, "sent": stats.sent, "spread_p50_ms": p50, "spread_p99_ms": p99}
     result.other_load = max(0.0, result.other_load - report.get("cpu_util", 0.0))
     result.peer = report
+    result.priority = f"SCHED_RR {RT_PRIORITY}" if prioritised else ""
     if placement is not None:
         server_cpus, peer_cpus = placement
         result.pinned = f"server {min(server_cpus)}"
