@@ -158,6 +158,15 @@ class AgentReplay(Replay):
             }
             self._emit(ReplayEvent("barge_in", record.stop_decided_at - self.t0, fields))
 
+    def agent_voice_at(self, audio_time: float) -> bool:
+        """Whether the agent's voice was going out when the caller's audio reached ``audio_time``
+        (seconds into the caller's RTP, as a fixture's manifest counts them)."""
+        if not self._arrivals:
+            return False
+        at = self.t0 + self._arrivals[0][0] + audio_time
+        index = bisect.bisect_left(self._out_times, at)
+        return index < len(self._out_voiced) and self._out_voiced[index]
+
     def turn_dicts(self) -> list[dict[str, Any]]:
         """Every finished turn's record (for scripts)."""
         return [asdict(r) for r in self.records]

@@ -40,16 +40,18 @@ class EchoLine:
         self._sent: deque[tuple[float, Pcm]] = deque(maxlen=round(_HISTORY_S / FRAME_SECONDS))
         #: Samples of echo mixed in (for tests and summaries).
         self.mixed_peak = 0
+        #: The first caller packet's RTP timestamp and arrival: the caller's media clock.
+        self._origin: tuple[int, float] | None = None
 
     def note_sent(self, at: float, frame: Pcm | None) -> None:
         """The agent's frame for the tick at ``at`` (None: nothing sent, the line was quiet)."""
         self._sent.append((at, frame if frame is not None else np.zeros(SAMPLES_PER_FRAME, np.int16)))
 
-    def echo_for(self, arrival: float) -> Pcm | None:
-        """The 20 ms of echo a packet arriving at ``arrival`` carries (None: nothing to echo)."""
+    def echo_for(self, heard_at: float) -> Pcm | None:
+        """The 20 ms of echo in the caller audio that ends at ``heard_at`` (None: nothing to echo)."""
         if not self._sent:
             return None
-        start = arrival - self.delay - FRAME_SECONDS
+        start = heard_at - self.delay - FRAME_SECONDS
         first_at = self._sent[0][0]
         offset = round((start - first_at) * SAMPLE_RATE)
         if offset + SAMPLES_PER_FRAME <= 0:
@@ -63,8 +65,19 @@ class EchoLine:
         return (echo * self.gain).astype(np.int16)
 
     def mix(self, packet: bytes, arrival: float) -> bytes:
-        """``packet`` (plain RTP, 20 ms G.711) with the echo it would carry on this line."""
-        echo = self.echo_for(arrival)
+        """``packet`` (plain RTP, 20 ms G.711) with the echo it would carry on this line.
+
+        The echo is placed by the packet's RTP timestamp (from the first packet's arrival on), not
+        by its own arrival: a line's echo is one continuous signal, and arrival jitter of even a
+        millisecond would otherwise cut it into pieces that no longer match what we sent.
+        """
+        if len(packet) < _HEADER:
+            return packet
+        timestamp = int.from_bytes(packet[4:8], "big")
+        if self._origin is None:
+            self._origin = (timestamp, arrival)
+        first_ts, first_at = self._origin
+        echo = self.echo_for(first_at + ((timestamp - first_ts) & 0xFFFFFFFF) / SAMPLE_RATE)
         payload = np.frombuffer(packet, dtype=np.uint8, offset=_HEADER)
         if echo is None or payload.size != SAMPLES_PER_FRAME or not echo.any():
             return packet

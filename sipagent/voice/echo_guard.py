@@ -10,11 +10,13 @@ How a voiced inbound frame is judged
 ====================================
 1. **The agent was silent within the tail** (nothing above ``silence_peak`` sent in the last
    ``tail_ms``): caller. Nothing can be echoing.
-2. **The echo path is not known yet**: a frame-level Geigel double-talk detector. Unless the
-   frame's peak exceeds the loudest outbound peak in the tail less ``erl_margin_db``, it can be
-   echo, so it is not the caller. Above that it may still be echo on a line with a poor ERL, so
-   it is refined by the best normalized cross-correlation of the frame against every 160-sample
-   stretch of the outbound history in the tail: at ``echo_correlation`` or more it is echo.
+2. **The echo path is not known yet**: the best normalized cross-correlation of the frame
+   against every 160-sample stretch of the outbound history in the tail decides, with a frame-level
+   Geigel double-talk detector setting how sure it must be. A frame whose peak exceeds the loudest
+   outbound peak in the tail less ``erl_margin_db`` is echo at ``echo_correlation`` or more; a
+   quieter one, which Geigel alone would call echo, already at ``quiet_echo_correlation``. Geigel
+   alone would make a caller who speaks more softly than the agent (a quiet phone against TTS at
+   -6 dBFS) unable to interrupt until an echo had been heard, which on a 4-wire line never happens.
 3. **Learning the path**: a frame correlated at ``learn_correlation`` or more is echo alone and
    gives the path: its delay (in samples; tracked in outbound frames so that the order of calls
    within a tick does not move it) and its gain. Geigel-quiet frames are searched now and then
@@ -41,7 +43,8 @@ Limits
 ======
 The path model is one tap: a strongly dispersive hybrid leaves residuals close to the echo level,
 and the threshold then stays at ``residual_margin_db`` (a caller quieter than the echo is missed
-while the agent talks). Before any echo has been heard, a caller is judged by Geigel alone.
+while the agent talks). Before any echo has been heard, every voiced frame over the agent costs a
+full-tail search until double talk is established.
 Non-linear echo (a clipping handset) is not modelled.
 """
 
@@ -68,6 +71,9 @@ PRE_EMPHASIS = 0.9
 _ERROR_HEADROOM_DB = 20.0
 #: ...but never lower than this relative to the predicted echo.
 _MOST_SENSITIVE_DB = -15.0
+#: A jitter buffer re-sizes by whole frames: a plain-correlation peak this far (or farther) from the
+#: learnt delay is the path having moved, while nearer ones are a dispersive hybrid's smear around it.
+_MOVED_PATH = _N // 2
 #: A learnt gain above this is no echo (louder than the agent by 6 dB), whatever the correlation.
 _MAX_GAIN = 2.0
 
@@ -83,6 +89,9 @@ class EchoConfig:
     * ``echo_correlation`` = 0.6: a frame this correlated (pre-emphasized) with some stretch of the
       agent's audio is mostly echo. A caller's frame reaches 0.35 by chance typically and 0.65 at
       worst on the fixtures; an echo through a dispersive hybrid 0.65 or more in 99 frames of 100.
+    * ``quiet_echo_correlation`` = 0.5: the same for a frame quiet enough to be echo by Geigel's
+      rule (while no path is known): a caller's frame passes it in most frames (0.35 typically), so
+      a soft caller still interrupts within a few frames more; echo rarely falls below it.
     * ``learn_correlation`` = 0.8: a frame this correlated is echo alone; it teaches the path.
     * ``residual_margin_db`` = 0: the caller threshold on a line not (yet) shown to be clean: what
       the echo model cannot explain must be louder than the predicted echo itself.
@@ -96,6 +105,7 @@ class EchoConfig:
     tail_ms: float = 300.0
     erl_margin_db: float = 6.0
     echo_correlation: float = 0.6
+    quiet_echo_correlation: float = 0.5
     learn_correlation: float = 0.8
     residual_margin_db: float = 0.0
     hold_ms: float = 100.0
@@ -114,7 +124,7 @@ class EchoConfig:
         for name in ("erl_margin_db", "hold_ms", "silence_peak", "search_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EchoConfig.{name} must not be negative, got {getattr(self, name)!r}")
-        for name in ("echo_correlation", "learn_correlation"):
+        for name in ("echo_correlation", "quiet_echo_correlation", "learn_correlation"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"EchoConfig.{name} must be in (0, 1], got {getattr(self, name)!r}")
         if self.learn_correlation < self.echo_correlation:
@@ -165,7 +175,6 @@ class EchoGuard:
         self.delay_samples: int | None = None
         self.gain = 0.0
         self._double_talk_until = -math.inf
-        self._next_learning_search = -math.inf
         #: Full-tail searches so far (for tests and the benchmark).
         self.searches = 0
 
@@ -194,9 +203,11 @@ class EchoGuard:
         x = pcm.astype(np.float64)
         # Outbound ticks since the newest frame held (the agent stopped, or the call order).
         ticks = max(0, round((now - self._last_out) / self._frame))
+        # Geigel: quiet enough, against the loudest thing we sent within the tail, to be echo.
+        quiet = float(np.abs(x).max()) <= far_peak * self._geigel
         if self.delay_samples is None:
-            return self._unknown_path(x, far_peak, ticks, now)
-        return self._known_path(x, ticks, now)
+            return self._confirm(x, ticks, now, quiet)
+        return self._known_path(x, ticks, now, quiet)
 
     @property
     def threshold_db(self) -> float:
@@ -204,16 +215,7 @@ class EchoGuard:
         return 10 * math.log10(self._threshold)
 
     # -- decisions ------------------------------------------------------------------------------
-    def _unknown_path(self, x: _Float, far_peak: float, ticks: int, now: float) -> bool:
-        if float(np.abs(x).max()) <= far_peak * self._geigel:
-            # Geigel: quiet enough to be echo. Search now and then all the same, to learn the path.
-            if now >= self._next_learning_search:
-                self._next_learning_search = now + self._hold
-                self._search_is_echo(x, ticks)
-            return False
-        return self._confirm(x, ticks, now)
-
-    def _known_path(self, x: _Float, ticks: int, now: float) -> bool:
+    def _known_path(self, x: _Float, ticks: int, now: float, quiet: bool) -> bool:
         assert self.delay_samples is not None
         c = self.config
         lag = self._size - _N - (self.delay_samples - ticks * _N)
@@ -237,22 +239,29 @@ class EchoGuard:
                     self._track_model_error(error / echo)
             if error <= echo * self._threshold:
                 return False
-        return self._confirm(x, ticks, now)
+        return self._confirm(x, ticks, now, quiet)
 
-    def _confirm(self, x: _Float, ticks: int, now: float) -> bool:
-        """The frame looks like the caller: unless double talk is established, search to be sure."""
+    def _confirm(self, x: _Float, ticks: int, now: float, quiet: bool) -> bool:
+        """The frame may be the caller: unless double talk is established, search to be sure
+        (a Geigel-quiet frame by the stricter test of :meth:`_search_is_echo`)."""
         if now < self._double_talk_until:
             self._double_talk_until = now + self._hold
             return True
-        if self._search_is_echo(x, ticks):
+        if self._search_is_echo(x, ticks, quiet=quiet):
             return False
         self._double_talk_until = now + self._hold
         return True
 
-    def _search_is_echo(self, x: _Float, ticks: int) -> bool:
+    def _search_is_echo(self, x: _Float, ticks: int, *, quiet: bool = False) -> bool:
         """Full-tail search: is ``x`` correlated with any stretch of the outbound history?
 
-        A frame correlated at ``learn_correlation`` also teaches the path.
+        A frame correlated at ``learn_correlation`` also teaches the path. A ``quiet`` frame is echo
+        at ``quiet_echo_correlation`` already (no path learnt yet), or when its plain (not
+        pre-emphasized) correlation reaches ``learn_correlation`` at a delay half a frame or more
+        from the learnt one: a faint echo's high band drowns in line noise and G.711 quantization,
+        which pre-emphasis amplifies, while its waveform still matches, typically just after a
+        jitter buffer re-sized and moved the path.
+        (At the learnt delay the path model has already judged it: a caller under the echo.)
         """
         self.searches += 1
         history = self._ring[self._pos : self._pos + self._size]
@@ -271,7 +280,26 @@ class EchoGuard:
         correlation = abs(float(rho[lag]))
         if correlation >= self.config.learn_correlation and lag <= self._size - _N:
             self._learn(x, lag, ticks)
-        return correlation >= self.config.echo_correlation
+        if not quiet:
+            return correlation >= self.config.echo_correlation
+        # With a learnt path, the model has judged the frame already: only the moved-path check
+        # below is added (a lower bar here would mishear a caller mixed with a dispersive echo).
+        c = self.config
+        if correlation >= (c.quiet_echo_correlation if self.delay_samples is None else c.echo_correlation):
+            return True
+        plain = np.correlate(history, x, "valid")
+        power = np.cumsum(history * history)
+        stretch = power[_N - 1 :] - np.concatenate(([0.0], power[:-_N]))
+        floor = 1e-3 * float(stretch.max(initial=0.0)) + 1.0
+        rho_plain = np.abs(plain / np.sqrt(np.maximum(stretch, floor) * (float(np.dot(x, x)) + 1e-9)))
+        best = int(np.argmax(rho_plain))
+        if float(rho_plain[best]) < self.config.learn_correlation:
+            return False
+        delay = self._size - _N - best + ticks * _N
+        if self.delay_samples is not None and abs(delay - self.delay_samples) < _MOVED_PATH:
+            return False
+        self._learn(x, best, ticks)
+        return True
 
     # -- the path -------------------------------------------------------------------------------
     def _learn(self, x: _Float, lag: int, ticks: int) -> None:
