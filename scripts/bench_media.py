@@ -36,7 +36,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from benchkit.baselines import CodecBaseline, codec_baseline, python_ulaw_decode, python_ulaw_encode
@@ -53,9 +53,11 @@ from benchkit.common import (
     load_speech,
     machine,
 )
+from benchkit.inference_load import InferenceLoad
 from benchkit.media_cpu import CPU_STAGES, STAGE_LABELS, CpuRun, CpuSummary, cpu_benchmark, run_cpu
 from benchkit.media_realtime import NAIVE_SSRC, RealtimeRun, run_realtime, uvloop_available
 
+from sipagent.config import load_settings
 from sipagent.replay.impair import Impairments
 
 __all__ = [
@@ -144,7 +146,9 @@ def render(results: dict[str, Any]) -> str:
         f"scheduling: {'; '.join(p for p in priority if p) or 'normal (SCHED_OTHER)'}"
     )
     out += [
-        "   work none: the loop and sockets alone; p99/s: median of the per-second p99s; CPU: server",
+        "   work none: the loop and sockets alone; work infer: media while STT, LLM and TTS turns run",
+        "   back to back in this process on the pipeline's worker threads (CPU counts the models too);",
+        "   p99/s: median of the per-second p99s; CPU: server",
         "   process, of one core; peer p99: arrival spread the peer saw (its own lateness included);",
         "   other: cores busy with other programs meanwhile (the box may be shared); rq wait: share",
         "   of the time the server was ready to run but waited for its core",
@@ -169,6 +173,17 @@ def render(results: dict[str, Any]) -> str:
                 f"sans-IO {cpu['per_frame_us']:.1f} us; "
                 f"loop and sockets alone {bare[0]['per_frame_us']:.1f} us"
             )
+    for run in results["realtime"]:
+        if run["work"] != "infer":
+            continue
+        alone = [m for m in media if m["calls"] == run["calls"] and m["sink"] == run["sink"]]
+        if alone:
+            out.append(
+                f"   inference ({run['calls']} calls, {run.get('inference_jobs', {})} jobs meanwhile): "
+                f"send error p99 {run['send_error_p99_ms']:.2f} ms against "
+                f"{alone[0]['send_error_p99_ms']:.2f} ms without ({TARGET_P99_MS:g} ms target: "
+                f"{_verdict(run['send_error_p99_ms'] < TARGET_P99_MS)})"
+            )
     out.append(
         f"   G.711 decode+encode of one frame: per-sample Python {codec['python_us']:.1f} us, lookup "
         f"tables {codec['table_us']:.2f} us ({codec['ratio']:.0f}x)"
@@ -186,7 +201,9 @@ def render(results: dict[str, Any]) -> str:
 
 def _targets(cpu: CpuSummary, realtime: list[RealtimeRun]) -> dict[str, Any]:
     """The issue's targets, judged on the largest asyncio run with the peer in another process."""
-    candidates = [run for run in realtime if run.loop == "asyncio" and run.sink == "process"]
+    candidates = [
+        run for run in realtime if run.loop == "asyncio" and run.sink == "process" and run.work == "media"
+    ]
     primary = max(candidates or realtime, key=lambda run: run.calls) if realtime else None
     per_core = primary.calls_per_core if primary is not None else cpu.calls_per_core
     p99 = primary.send_error_p99_ms if primary is not None else math.nan
@@ -239,6 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run the server and the peer in the SCHED_RR real-time class (root; for shared boxes)",
     )
+    parser.add_argument(
+        "--inference",
+        action="store_true",
+        help="repeat each asyncio media run (peer process) while the voice pipeline's models run "
+        "STT, LLM and TTS turns back to back in this process (needs the embedded models)",
+    )
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeat < 1 or args.seconds <= 0 or args.rt_seconds <= 0:
@@ -250,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     speech = load_speech()
-    plan: list[tuple[str, str, int, bool]] = []  # loop, sink, calls, bare
+    plan: list[tuple[str, str, int, bool, bool]] = []  # loop, sink, calls, bare, inference
     skipped: list[str] = []
     if not args.no_realtime:
         sinks = ("process", "loop") if args.sink == "both" else (args.sink,)
@@ -262,28 +285,41 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             for calls in args.rt_calls:
                 for sink in sinks if loop_name == "asyncio" else sinks[:1]:
-                    plan.append((loop_name, sink, calls, False))
+                    plan.append((loop_name, sink, calls, False, False))
+                    if args.inference and loop_name == "asyncio" and sink == "process":
+                        plan.append((loop_name, sink, calls, False, True))
             if loop_name == "asyncio" and not args.no_bare:
-                plan.append((loop_name, sinks[0], max(args.rt_calls), True))
+                plan.append((loop_name, sinks[0], max(args.rt_calls), True, False))
     realtime: list[RealtimeRun] = []
     # The real-time runs go first, before part 1 fills this process with its calls' objects.
-    for loop_name, sink, calls, bare in plan:
+    load: InferenceLoad | None = None
+    for loop_name, sink, calls, bare, inference in plan:
         say(
             f"real time: {calls} calls on {loop_name}, peer in the {sink}, "
-            f"{'no media work' if bare else 'media'} ..."
+            f"{'no media work' if bare else 'media'}{' with inference' if inference else ''} ..."
         )
-        realtime.append(
-            run_realtime(
-                speech,
-                calls=calls,
-                seconds=args.rt_seconds,
-                sink=sink,
-                loop=loop_name,
-                bare=bare,
-                pin=not args.no_pin,
-                priority=args.rt_priority,
-            )
+        if inference:
+            if load is None:
+                say("loading the voice models for the inference load ...")
+                load = InferenceLoad(load_settings(None, {}))
+            load.start()
+        run = run_realtime(
+            speech,
+            calls=calls,
+            seconds=args.rt_seconds,
+            sink=sink,
+            loop=loop_name,
+            bare=bare,
+            pin=not args.no_pin,
+            priority=args.rt_priority,
         )
+        if inference and load is not None:
+            load.stop()
+            run = replace(run, work="infer", inference_jobs=dict(load.jobs))
+            say(f"   inference meanwhile: {dict(load.jobs)} jobs")
+        realtime.append(run)
+    if load is not None:
+        load.close()
     say(f"CPU: {args.calls} calls x {args.seconds:g} s simulated, {args.repeat} runs ...")
     cpu = cpu_benchmark(
         speech,

@@ -241,6 +241,9 @@ class LlmSettings(_Section):
     #: CPU threads for llama.cpp (0: half the cores). Its threads spin while they wait for each other,
     #: so more threads than the cores Whisper and Piper leave free makes decoding far slower.
     n_threads: int = Field(0, ge=0)
+    #: Threads for prompt evaluation (0: every core). It runs between STT and the first token, when
+    #: nothing else of the turn runs, so it may take the whole box (decision 0009).
+    n_threads_batch: int = Field(0, ge=0)
     #: Layers offloaded to the GPU (needs a CUDA build of llama-cpp-python; -1: all).
     n_gpu_layers: int = Field(0, ge=-1)
     #: Longest reply in tokens (a phone reply is a sentence or two).
@@ -309,6 +312,9 @@ class AgentSettings(_Section):
     greeting: str | None = None
     #: Worker threads for inference shared by every call (STT, LLM and TTS jobs).
     workers: int = Field(4, ge=1, le=64)
+    #: Nice value of the inference threads (Linux; 0 leaves them as they are). Higher than the event
+    #: loop's, so RTP pacing wins a contended core and models take what is left (decision 0009).
+    inference_nice: int = Field(10, ge=0, le=19)
 
     @model_validator(mode="after")
     def _pause_before_end(self) -> AgentSettings:

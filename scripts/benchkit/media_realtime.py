@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import cast
 
@@ -324,6 +324,8 @@ class RealtimeRun:
     sent_ahead: float = 0.0  # per second: slots whose packets went out before their own timer fired
     runqueue_wait: float = 0.0  # share of the wall time the server was runnable but not running
     pinned: str = ""  # "server 0, peer 1": the CPUs each process was pinned to ("" not pinned)
+    #: work "infer": the voice jobs that ran in this process meanwhile (stt, llm, tts counts).
+    inference_jobs: dict[str, int] = field(default_factory=dict)
     priority: str = ""  # "SCHED_RR 10": the scheduling class with --rt-priority ("" normal)
 
 

@@ -333,6 +333,7 @@ class LlamaCppChat(_ChatBase):
         *,
         n_ctx: int = 2048,
         n_threads: int = 0,
+        n_threads_batch: int = 0,
         n_gpu_layers: int = 0,
         max_tokens: int = 96,
         temperature: float = 0.3,
@@ -343,7 +344,9 @@ class LlamaCppChat(_ChatBase):
         """Load ``model_path`` (``n_gpu_layers`` needs a CUDA build of llama-cpp-python); raises
         :class:`ChatTemplateError` if no chat template is known. ``n_threads`` 0 is half the cores:
         llama.cpp's threads spin at every operator's barrier, so a core taken by Whisper or Piper
-        collapses decoding (2 cores: 5 tokens/s with 2 threads next to a transcription, 26 with 1)."""
+        collapses decoding (2 cores: 5 tokens/s with 2 threads next to a transcription, 26 with 1).
+        ``n_threads_batch`` (prompt evaluation: the caller's new turn, before the first token) 0 is
+        every core: by then the turn's transcription is over and no TTS has started."""
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"no GGUF at {model_path}: run scripts/fetch_models.py or set llm.model")
@@ -357,7 +360,7 @@ class LlamaCppChat(_ChatBase):
             model_path=str(model_path),
             n_ctx=n_ctx,
             n_threads=threads,
-            n_threads_batch=threads,
+            n_threads_batch=n_threads_batch or max(1, os.cpu_count() or 1),
             n_gpu_layers=n_gpu_layers,
             seed=LLAMA_DEFAULT_SEED if seed is None else seed,
             verbose=False,
@@ -384,6 +387,7 @@ class LlamaCppChat(_ChatBase):
         names = {
             "n_ctx",
             "n_threads",
+            "n_threads_batch",
             "n_gpu_layers",
             "max_tokens",
             "temperature",

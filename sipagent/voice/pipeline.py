@@ -8,7 +8,10 @@ shared by every call through one pool of worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,8 +44,36 @@ def agent_config(settings: Settings) -> AgentConfig:
     )
 
 
+def _lower_priority(nice: int) -> None:
+    """Runs first in every inference thread: on Linux the nice value is per thread, and the
+    threads CTranslate2, onnxruntime and llama.cpp start from here inherit it. The event loop's
+    thread keeps its own, so when models and media want the same core the 20 ms packets win."""
+    if nice:
+        with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: run as is
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 def load_models(settings: Settings) -> Models:
-    """Load STT, LLM and TTS (blocking, seconds: call it off the event loop) and warm them up."""
+    """Load STT, LLM and TTS (blocking, seconds: call it off the event loop) and warm them up.
+
+    The loading runs in one of the inference threads, so the models' own thread pools are made
+    there and share its lower priority (``agent.inference_nice``).
+    """
+    nice = settings.agent.inference_nice
+    executor = ThreadPoolExecutor(
+        max_workers=settings.agent.workers,
+        thread_name_prefix="sipagent-infer",
+        initializer=_lower_priority,
+        initargs=(nice,),
+    )
+    try:
+        return executor.submit(_load, settings, executor).result()
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+
+
+def _load(settings: Settings, executor: ThreadPoolExecutor) -> Models:
     started = time.perf_counter()
     transcriber = WhisperTranscriber.from_settings(settings.stt)
     synthesizer = PiperSynthesizer.from_settings(settings.tts)
@@ -52,12 +83,13 @@ def load_models(settings: Settings) -> Models:
     transcriber.transcribe((rng.normal(0, 30, 4000)).astype(np.int16))
     for _ in synthesizer.synthesize("Hello."):
         pass
-    executor = ThreadPoolExecutor(max_workers=settings.agent.workers, thread_name_prefix="sipagent-infer")
     log.info(
         "voice models ready in %.1f s: stt %s, llm %s, tts %s",
         time.perf_counter() - started,
         settings.stt.model.name,
-        settings.llm.model.name if settings.llm.backend == "llama" else f"openai:{settings.llm.openai}",
+        settings.llm.model.name
+        if settings.llm.backend == "llama" or settings.llm.openai is None
+        else f"openai {settings.llm.openai.model}",
         settings.tts.voice.name,
     )
     return Models(transcriber=transcriber, chat=chat, synthesizer=synthesizer, executor=executor)
