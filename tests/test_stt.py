@@ -21,7 +21,7 @@ import pytest
 from sipagent.rtp.g711 import ulaw_decode, ulaw_encode
 from sipagent.voice.models import DEFAULT_STT_MODEL, resolve_model_path
 from sipagent.voice.resample import resample_int16
-from sipagent.voice.stt import FakeTranscriber, Transcript, WhisperTranscriber
+from sipagent.voice.stt import FakeTranscriber, Transcript, WhisperTranscriber, _without_repeats
 from tests.model_gate import require_models
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,3 +144,17 @@ def test_fake_answers_in_order_records_audio_and_waits() -> None:
     assert len(fake.calls) == 3 and fake.calls[0] is not audio
     computed = FakeTranscriber(lambda pcm: f"{pcm.size} samples")
     assert computed.transcribe(audio).text == "1600 samples"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ten of clubs. ten of clubs.", "ten of clubs."),
+        ("Four, queen of clubs. Four, queen of clubs. Four, queen of clubs.", "Four, queen of clubs."),
+        ("thank you thank you", "thank you"),
+        ("10 of clubs 10 of clubs clubs 10 of clubs clubs", None),  # a messy loop: decode again
+        ("go forward ten meters", "go forward ten meters"),
+    ],
+)
+def test_a_short_windows_repetition_is_cut_back_to_its_first_pass(text: str, expected: str | None) -> None:
+    assert _without_repeats(text) == expected

@@ -34,8 +34,9 @@ from .runner import Replay, ReplayEvent, ReplaySummary
 
 #: Outbound frames with a peak under this are not the agent's voice (the pacer's silence fill).
 VOICED_PEAK = 200
-#: After the last packet, wait at most this long for the agent to finish its last reply.
-_REPLY_GRACE_S = 20.0
+#: After the last packet, wait at most this long for the agent to finish its last reply (a reply
+#: of ``llm.max_tokens`` tokens can take half a minute to say; one still playing then is cut).
+_REPLY_GRACE_S = 40.0
 
 
 @dataclass
@@ -97,7 +98,7 @@ class AgentReplay(Replay):
         return idle or self.t0 + self._end_by < asyncio.get_running_loop().time()
 
     async def _finish_realtime(self, emit: Callable[[ReplayEvent], None]) -> ReplaySummary:
-        await self.agent.aclose()
+        await self.agent.aclose()  # a reply still playing is recorded (interrupted by the hang-up)
         summary = self.totals
         summary.turns = len(self.records)
         summary.replies = sum(1 for r in self.records if r.first_voiced_out_at is not None)

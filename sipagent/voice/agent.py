@@ -36,7 +36,7 @@ from ..rtp.session import Tick
 from .echo_guard import EchoConfig, EchoGuard
 from .llm import ChatModel, ChatSession
 from .playback import Playback
-from .spoken import SentenceChunker, SpokenFilter
+from .spoken import ChunkerConfig, SentenceChunker, SpokenFilter
 from .stt import Transcriber
 from .tts import Synthesizer
 from .turns import BargeIn, CallerResumed, EndOfTurn, PauseStarted, TurnConfig, TurnDetector
@@ -59,6 +59,9 @@ class MediaOut(Protocol):
     def queued_output(self) -> int: ...
 
 
+_FIRST_WORDS_FAST = ChunkerConfig(first_min_words=3, first_max_chars=28)
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Per-call behaviour of the agent (the models are shared, see :class:`Models`)."""
@@ -75,6 +78,13 @@ class AgentConfig:
     max_turn_s: float = 30.0
     #: Said when the call starts (None: wait for the caller).
     greeting: str | None = None
+    #: How replies are cut for TTS. The first chunk ends at a clause after three words, else at a
+    #: word by 28 characters (about five words, 1.5 s of speech): every token waited for before it
+    #: is ~25 ms more to the first audio, and Piper's time grows with the chunk, while the LLM
+    #: (~40 tokens/s on one core) has the next chunk ready long before those words have played.
+    chunker: ChunkerConfig = field(
+        default_factory=lambda: ChunkerConfig(first_min_words=3, first_max_chars=28)
+    )
     system_prompt: str | None = None
 
 
@@ -186,7 +196,7 @@ class _Responder:
             self.history_mark = len(session.history) - 1  # as if a user turn preceded it
             session.add_assistant(script)
             try:
-                chunker, start = SentenceChunker(), clock()
+                chunker, start = SentenceChunker(self.agent.config.chunker), clock()
                 for chunk in chunker.feed(script) + chunker.flush():
                     await self._say(chunk, clock, start)
             finally:
@@ -207,7 +217,7 @@ class _Responder:
                 loop.call_soon_threadsafe(pieces.put_nowait, None)
 
         generation = agent.in_worker(generate)
-        spoken, chunker = SpokenFilter(), SentenceChunker()
+        spoken, chunker = SpokenFilter(), SentenceChunker(agent.config.chunker)
         first = True
         try:
             while (piece := await pieces.get()) is not None:
@@ -486,6 +496,11 @@ class CallAgent:
         pending = [*self._tasks, *self._jobs]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
+        speaking = self._speaking
+        if speaking is not None and speaking.record.first_voiced_out_at is not None:
+            # The call ended while the caller was hearing a reply: the turn happened, log it.
+            speaking.record.interrupted = True
+            self._finish_turn(speaking)
         self.chat_session.close()
 
     @property

@@ -398,10 +398,8 @@ class ChunkerConfig:
     * ``first_min_words`` = 4: the first chunk of a reply may end at a clause (comma, semicolon,
       colon, dash) once it has this many words, so TTS starts ~1 clause earlier. Fewer words
       sound clipped ("Sure," alone); more delay the first audio.
-    * ``first_max_chars`` = 48: the first chunk is cut at a word by then even without a clause:
-      about nine words, 2-3 s of speech, which the LLM (~40 tokens/s on one CPU core) and TTS
-      finish well before it has played. A whole first sentence cost ~150 ms more to the first
-      audio on the fixtures (scripts/bench_latency.py).
+    * ``first_max_chars`` = 48: the first chunk is cut at a word by then even without a clause.
+      The phone agent cuts earlier still (:class:`~sipagent.voice.agent.AgentConfig`).
     * ``max_chars`` = 200: later chunks are whole sentences, cut (at a clause, else a word) only
       beyond this, which bounds the TTS latency of any one chunk.
     """
