@@ -315,6 +315,9 @@ class AgentSettings(_Section):
     #: Nice value of the inference threads (Linux; 0 leaves them as they are). Higher than the event
     #: loop's, so RTP pacing wins a contended core and models take what is left (decision 0009).
     inference_nice: int = Field(10, ge=0, le=19)
+    #: CPython's GIL switch interval once the models are loaded (ms; none: CPython's 5). Lower makes
+    #: the media loop wait less for the models' Python parts and the models slower (decision 0009).
+    gil_switch_ms: float | None = Field(None, ge=0.1, le=100)
 
     @model_validator(mode="after")
     def _pause_before_end(self) -> AgentSettings:

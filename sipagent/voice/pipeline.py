@@ -54,13 +54,6 @@ def _lower_priority(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
-#: How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms). The
-#: models' Python parts (llama-cpp-python's per-token loop, tokenizers, Piper's phonemizer glue)
-#: hold it in bursts; with the default a burst could delay the media loop's packets by up to 5 ms
-#: (1 ms: 0.5 ms measured better at 100 calls and far worse at 200, the loop losing the GIL too often).
-GIL_SWITCH_INTERVAL_S = 0.001
-
-
 def load_models(settings: Settings) -> Models:
     """Load STT, LLM and TTS (blocking, seconds: call it off the event loop) and warm them up.
 
@@ -68,8 +61,11 @@ def load_models(settings: Settings) -> Models:
     there and share its lower priority (``agent.inference_nice``).
     """
     nice = settings.agent.inference_nice
-    # From now on this process runs CPU-bound Python threads beside the 20 ms media loop.
-    sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
+    if settings.agent.gil_switch_ms is not None:
+        # The models' Python parts (llama-cpp-python's per-token loop, tokenizers, Piper's glue)
+        # hold the GIL in bursts of up to CPython's 5 ms, which the media loop waits out; a shorter
+        # interval trades that for slower inference (decision 0009 has the figures).
+        sys.setswitchinterval(settings.agent.gil_switch_ms / 1000)
     executor = ThreadPoolExecutor(
         max_workers=settings.agent.workers,
         thread_name_prefix="sipagent-infer",
