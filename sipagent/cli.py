@@ -106,7 +106,8 @@ def serve(config: Path | None, **options: Any) -> None:
 
 
 async def _serve(settings: Settings) -> None:
-    from .server import ModelLoadError, Server
+    from .server import Server
+    from .voice.pipeline import ModelLoadError
 
     server = Server(settings)
     try:
@@ -267,12 +268,12 @@ async def _replay_pipeline(
 ) -> None:
     from .replay.agent_replay import AgentReplay
     from .replay.echo_line import EchoLine
-    from .voice.pipeline import agent_config, close_models, load_models
+    from .voice.pipeline import ModelLoadError, agent_config, close_models, load_models
 
     try:
         models = await asyncio.to_thread(load_models, settings)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise click.ClickException(f"cannot load the voice models: {exc}") from None
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         echo = None
         if echo_db is not None:

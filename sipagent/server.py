@@ -45,10 +45,6 @@ from .voice.agent import Models
 log = logging.getLogger("sipagent")
 
 
-class ModelLoadError(RuntimeError):
-    """Agent mode could not load a model; the message names the file or setting."""
-
-
 class Server:
     """Owns the endpoint, its network adapter and every call."""
 
@@ -142,10 +138,8 @@ class Server:
         log.info("loading the voice models (stt %s, llm %s, tts %s)", self.settings.stt.model,
                  self.settings.llm.model, self.settings.tts.voice)  # fmt: skip
         # Seconds of blocking native work: a worker thread keeps the loop (signals) responsive.
-        try:
-            self.models = await asyncio.to_thread(load_models, self.settings)
-        except (OSError, RuntimeError, ValueError) as exc:  # missing files, bad template, no CUDA
-            raise ModelLoadError(f"cannot load the voice models: {exc}") from exc
+        # A model that cannot load raises ModelLoadError, naming it.
+        self.models = await asyncio.to_thread(load_models, self.settings)
         self.call_options.models = self.models
         self.call_options.agent = agent_config(self.settings)
 
@@ -358,4 +352,4 @@ class Server:
         return call.outcome
 
 
-__all__ = ["Call", "ModelLoadError", "Server"]
+__all__ = ["Call", "Server"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -167,10 +167,6 @@ class AgentReplay(Replay):
         at = self.t0 + self._arrivals[0][0] + audio_time
         index = bisect.bisect_left(self._out_times, at)
         return index < len(self._out_voiced) and self._out_voiced[index]
-
-    def turn_dicts(self) -> list[dict[str, Any]]:
-        """Every finished turn's record (for scripts)."""
-        return [asdict(r) for r in self.records]
 
 
 def _arrivals_by_timestamp(arrivals: list[tuple[float, bytes]]) -> tuple[int, list[int], list[float]]:

@@ -193,7 +193,7 @@ class _Responder:
     async def _say_script(self, script: str, clock: Callable[[], float]) -> None:
         async with self.agent.history_lock:
             session = self.agent.chat_session
-            self.history_mark = len(session.history) - 1  # as if a user turn preceded it
+            self.history_mark = len(session.history)
             session.add_assistant(script)
             try:
                 chunker, start = SentenceChunker(self.agent.config.chunker), clock()
@@ -457,7 +457,9 @@ class CallAgent:
     def _keep_heard(self, responder: _Responder) -> None:
         session, mark = self.chat_session, responder.history_mark
         history = session.history
-        if mark is not None and len(history) == mark + 2 and history[-1].role == "assistant":
+        # What this responder added: a user turn and its reply, or a script's one assistant turn.
+        added = 1 if responder.script is not None else 2
+        if mark is not None and len(history) == mark + added and history[-1].role == "assistant":
             session.record_spoken(responder.playback.heard_text())
 
     def _note_stop(self, record: TurnRecord, now: float) -> None:

@@ -45,6 +45,10 @@ def agent_config(settings: Settings) -> AgentConfig:
     )
 
 
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the file or setting."""
+
+
 def _lower_priority(nice: int) -> None:
     """Runs first in every inference thread: on Linux the nice value is per thread, and the
     threads CTranslate2, onnxruntime and llama.cpp start from here inherit it. The event loop's
@@ -74,6 +78,9 @@ def load_models(settings: Settings) -> Models:
     )
     try:
         return executor.submit(_load, settings, executor).result()
+    except (OSError, RuntimeError, ValueError) as exc:  # missing files, bad template, no CUDA
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise ModelLoadError(f"cannot load the voice models: {exc}") from exc
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
         raise
