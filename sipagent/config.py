@@ -310,6 +310,9 @@ class AgentSettings(_Section):
     vad_aggressiveness: int = Field(2, ge=0, le=3)
     #: Said when a call is answered (none: wait for the caller).
     greeting: str | None = None
+    #: Where the models run: ``process``, a process of their own, so their Python parts never hold
+    #: the media loop's GIL (decision 0011); ``threads``, worker threads of the server's process.
+    inference: Literal["process", "threads"] = "process"
     #: Worker threads for inference shared by every call (STT, LLM and TTS jobs).
     workers: int = Field(4, ge=1, le=64)
     #: Nice value of the inference threads (Linux; 0 leaves them as they are). Higher than the event

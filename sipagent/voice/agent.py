@@ -96,6 +96,8 @@ class Models:
     chat: ChatModel
     synthesizer: Synthesizer
     executor: Executor
+    #: What else :func:`~sipagent.voice.pipeline.close_models` ends: the inference process, if any.
+    stop: Callable[[], None] | None = None
 
 
 @dataclass
@@ -390,12 +392,19 @@ class CallAgent:
         responder.start()
         assert responder.task is not None
         self._tasks.add(responder.task)
-        responder.task.add_done_callback(self._tasks.discard)
+        responder.task.add_done_callback(self._reply_ended)
         if committed:
             self._commit(responder)
         else:
             self._speculation = responder
         return responder
+
+    def _reply_ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # A model failed (or the inference process is gone): the caller hears nothing for this
+            # turn, and the call goes on; the next turn tries again.
+            log.error("call %s: reply failed: %s", self.name, error, exc_info=error)
 
     def _cancel_speculation(self) -> None:
         speculation, self._speculation = self._speculation, None

@@ -3,7 +3,9 @@ call's agent settings.
 
 The models are loaded at start-up (seconds), warmed up with one tiny job each so the first caller
 does not pay for lazy initialisation (CTranslate2 and onnxruntime allocate on their first run), and
-shared by every call through one pool of worker threads.
+shared by every call through one pool of worker threads: in a process of their own
+(``[agent] inference = "process"``, the default; :mod:`.inference_process`) or in the server's
+(``"threads"``). Decision 0011 has the measurements behind the default.
 """
 
 from __future__ import annotations
@@ -59,7 +61,17 @@ def _lower_priority(nice: int) -> None:
 
 
 def load_models(settings: Settings) -> Models:
-    """Load STT, LLM and TTS (blocking, seconds: call it off the event loop) and warm them up.
+    """Load STT, LLM and TTS (blocking, seconds: call it off the event loop) and warm them up, where
+    ``agent.inference`` says: in the inference process, or here."""
+    if settings.agent.inference == "process":
+        from .inference_process import start_inference_process
+
+        return start_inference_process(settings)
+    return load_models_here(settings)
+
+
+def load_models_here(settings: Settings) -> Models:
+    """Load the models into this process (the inference process calls it too).
 
     The loading runs in one of the inference threads, so the models' own thread pools are made
     there and share its lower priority (``agent.inference_nice``).
@@ -109,6 +121,9 @@ def _load(settings: Settings, executor: ThreadPoolExecutor) -> Models:
 
 
 def close_models(models: Models) -> None:
-    """Stop the worker threads (after every call's agent closed) and free the models."""
+    """Stop the worker threads (after every call's agent closed) and free the models (or stop the
+    inference process holding them)."""
     models.executor.shutdown(wait=True, cancel_futures=True)
     models.chat.close()
+    if models.stop is not None:
+        models.stop()
