@@ -125,13 +125,13 @@ def render(results: dict[str, Any]) -> str:
     )
     out += ["", "2. Real time: 127.0.0.1 sockets, one process, one event loop; send error = left - due (ms)"]
     out.append(
-        f"   {'loop':<8}{'work':<6}{'peer':<10}{'calls':>6}{'p50':>7}{'p99':>7}{'p99/s':>7}"
+        f"   {'loop':<8}{'work':<9}{'peer':<10}{'calls':>6}{'p50':>7}{'p99':>7}{'p99/s':>7}"
         f"{'max':>7}{'>2ms':>7}{'CPU':>6}{'us/fr':>7}{'calls/core':>11}{'wake/tick':>10}{'peer p99':>9}"
         f"{'other':>7}{'rq wait':>8}"
     )
     for run in results["realtime"]:
         out.append(
-            f"   {run['loop']:<8}{run['work']:<6}{run['sink']:<10}{run['calls']:>6}"
+            f"   {run['loop']:<8}{run['work']:<9}{run['sink']:<10}{run['calls']:>6}"
             f"{run['send_error_p50_ms']:>7.2f}{run['send_error_p99_ms']:>7.2f}{run['window_p99_median_ms']:>7.2f}"
             f"{run['send_error_max_ms']:>7.1f}{run['late_over_2ms']:>7.1%}{run['cpu_util']:>6.0%}"
             f"{run['per_frame_us']:>7.1f}{run['calls_per_core']:>11.0f}{run['wakeups_per_tick']:>10.2f}"
@@ -146,8 +146,9 @@ def render(results: dict[str, Any]) -> str:
         f"scheduling: {'; '.join(p for p in priority if p) or 'normal (SCHED_OTHER)'}"
     )
     out += [
-        "   work none: the loop and sockets alone; work infer: media while STT, LLM and TTS turns run",
-        "   back to back in this process on the pipeline's worker threads (CPU counts the models too);",
+        "   work none: the loop and sockets alone; work inf-proc / inf-thre: media while STT, LLM and",
+        "   TTS turns run back to back in the inference process / on worker threads of this process",
+        "   (CPU counts the models too when they are threads here);",
         "   p99/s: median of the per-second p99s; CPU: server",
         "   process, of one core; peer p99: arrival spread the peer saw (its own lateness included);",
         "   other: cores busy with other programs meanwhile (the box may be shared); rq wait: share",
@@ -174,12 +175,13 @@ def render(results: dict[str, Any]) -> str:
                 f"loop and sockets alone {bare[0]['per_frame_us']:.1f} us"
             )
     for run in results["realtime"]:
-        if run["work"] != "infer":
+        if not run["work"].startswith("inf-"):
             continue
         alone = [m for m in media if m["calls"] == run["calls"] and m["sink"] == run["sink"]]
         if alone:
             out.append(
-                f"   inference ({run['calls']} calls, {run.get('inference_jobs', {})} jobs meanwhile): "
+                f"   inference, {'its own process' if run['work'] == 'inf-proc' else 'threads here'} "
+                f"({run['calls']} calls, {run.get('inference_jobs', {})} jobs meanwhile): "
                 f"send error p99 {run['send_error_p99_ms']:.2f} ms against "
                 f"{alone[0]['send_error_p99_ms']:.2f} ms without ({TARGET_P99_MS:g} ms target: "
                 f"{_verdict(run['send_error_p99_ms'] < TARGET_P99_MS)})"
@@ -224,6 +226,13 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+def _counts_or_zero(text: str) -> list[int]:
+    cpus = [int(part) for part in text.split(",") if part.strip()]
+    if not cpus or any(cpu < 0 for cpu in cpus):
+        raise argparse.ArgumentTypeError("CPU numbers are 0 or more, comma-separated")
+    return cpus
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description="sipagent media benchmark (see docs/benchmarks.md)")
@@ -258,9 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--inference",
-        action="store_true",
+        choices=("process", "threads", "both"),
+        nargs="?",
+        const="both",
+        default=None,
         help="repeat each asyncio media run (peer process) while the voice pipeline's models run "
-        "STT, LLM and TTS turns back to back in this process (needs the embedded models)",
+        "STT, LLM and TTS turns back to back, in the inference process and/or on worker threads of "
+        "this one ([agent] inference; both when given alone; needs the embedded models)",
+    )
+    parser.add_argument(
+        "--inference-cpus",
+        type=_counts_or_zero,
+        default=None,
+        help="CPUs for the inference process, e.g. 1 ([agent] inference_cpus; default: all)",
     )
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
@@ -273,7 +292,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     speech = load_speech()
-    plan: list[tuple[str, str, int, bool, bool]] = []  # loop, sink, calls, bare, inference
+    # loop, sink, calls, bare, where the models run meanwhile ("": no inference load)
+    plan: list[tuple[str, str, int, bool, str]] = []
+    modes = (
+        ()
+        if args.inference is None
+        else ("process", "threads")
+        if args.inference == "both"
+        else (args.inference,)
+    )
     skipped: list[str] = []
     if not args.no_realtime:
         sinks = ("process", "loop") if args.sink == "both" else (args.sink,)
@@ -285,23 +312,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             for calls in args.rt_calls:
                 for sink in sinks if loop_name == "asyncio" else sinks[:1]:
-                    plan.append((loop_name, sink, calls, False, False))
-                    if args.inference and loop_name == "asyncio" and sink == "process":
-                        plan.append((loop_name, sink, calls, False, True))
+                    plan.append((loop_name, sink, calls, False, ""))
+                    if loop_name == "asyncio" and sink == "process":
+                        plan += [(loop_name, sink, calls, False, mode) for mode in modes]
             if loop_name == "asyncio" and not args.no_bare:
-                plan.append((loop_name, sinks[0], max(args.rt_calls), True, False))
+                plan.append((loop_name, sinks[0], max(args.rt_calls), True, ""))
     realtime: list[RealtimeRun] = []
     # The real-time runs go first, before part 1 fills this process with its calls' objects.
-    load: InferenceLoad | None = None
+    loads: dict[str, InferenceLoad] = {}
     for loop_name, sink, calls, bare, inference in plan:
+        meanwhile = f" with inference ({inference})" if inference else ""
         say(
             f"real time: {calls} calls on {loop_name}, peer in the {sink}, "
-            f"{'no media work' if bare else 'media'}{' with inference' if inference else ''} ..."
+            f"{'no media work' if bare else 'media'}{meanwhile} ..."
         )
+        load = None
         if inference:
-            if load is None:
-                say("loading the voice models for the inference load ...")
-                load = InferenceLoad(load_settings(None, {}))
+            if inference not in loads:
+                say(f"loading the voice models for the inference load ({inference}) ...")
+                overrides: dict[str, Any] = {"agent.inference": inference}
+                if inference == "process":
+                    overrides["agent.inference_cpus"] = args.inference_cpus
+                loads[inference] = InferenceLoad(load_settings(None, overrides))
+            load = loads[inference]
             load.start()
         run = run_realtime(
             speech,
@@ -315,10 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if inference and load is not None:
             load.stop()
-            run = replace(run, work="infer", inference_jobs=dict(load.jobs))
+            run = replace(run, work=f"inf-{inference[:4]}", inference_jobs=dict(load.jobs))
             say(f"   inference meanwhile: {dict(load.jobs)} jobs")
         realtime.append(run)
-    if load is not None:
+    for load in loads.values():
         load.close()
     say(f"CPU: {args.calls} calls x {args.seconds:g} s simulated, {args.repeat} runs ...")
     cpu = cpu_benchmark(

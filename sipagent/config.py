@@ -313,6 +313,9 @@ class AgentSettings(_Section):
     #: Where the models run: ``process``, a process of their own, so their Python parts never hold
     #: the media loop's GIL (decision 0011); ``threads``, worker threads of the server's process.
     inference: Literal["process", "threads"] = "process"
+    #: CPUs the inference process may run on (Linux; none: all). Keeping the models off the cores
+    #: the media loop runs on (pin the server with ``taskset``) keeps them from delaying packets.
+    inference_cpus: list[int] | None = None
     #: Worker threads for inference shared by every call (STT, LLM and TTS jobs).
     workers: int = Field(4, ge=1, le=64)
     #: Nice value of the inference threads (Linux; 0 leaves them as they are). Higher than the event
@@ -333,6 +336,21 @@ class AgentSettings(_Section):
                 f"hold_after_ms ({self.hold_after_ms:g}) must not exceed min_barge_in_ms "
                 f"({self.min_barge_in_ms:g})"
             )
+        if self.inference_cpus is not None:
+            if not self.inference_cpus:
+                raise ValueError("inference_cpus must name at least one CPU (leave it out for all)")
+            if hasattr(os, "sched_getaffinity"):
+                usable = os.sched_getaffinity(0)
+                missing = sorted(set(self.inference_cpus) - usable)
+                if missing:
+                    raise ValueError(
+                        f"inference_cpus: CPU {', '.join(map(str, missing))} is not available here "
+                        f"(this process may use {', '.join(map(str, sorted(usable)))})"
+                    )
+            if self.inference == "threads":
+                raise ValueError(
+                    'inference_cpus needs inference = "process" (threads share the server\'s CPUs)'
+                )
         if self.greeting is not None and not self.greeting.strip():
             raise ValueError("greeting must not be empty (leave it out for none)")
         return self

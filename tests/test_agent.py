@@ -79,6 +79,9 @@ class FakeMedia:
     def queued_output(self) -> int:
         return len(self.queue)
 
+    def newest_inbound(self) -> AudioFrame | None:
+        return None  # no jitter buffer: every frame plays as it arrives
+
     def next_outbound(self) -> Pcm | None:
         out = self.queue.pop(0) if self.queue else None
         self.sent.append(out)
@@ -206,3 +209,74 @@ async def test_closing_mid_turn_leaves_no_task_or_worker_running(executor: Threa
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("agent-reply")]
     executor.submit(lambda: None).result(timeout=1)  # the pool is idle, not stuck in our work
     assert threading.active_count() <= threads_before + 3  # at most the pool's own workers
+
+
+class JitteredMedia(FakeMedia):
+    """FakeMedia behind a jitter buffer ``ahead`` frames deep: each caller frame has arrived
+    (``newest_inbound``) ``ahead`` ticks before the agent's tick plays it."""
+
+    def __init__(self, ahead: int, *, shows_arrivals: bool = True) -> None:
+        super().__init__()
+        self.ahead = ahead
+        self.shows_arrivals = shows_arrivals  # False: a media engine that only hands out what plays
+        self.arrived: list[Pcm] = []
+
+    def newest_inbound(self) -> AudioFrame | None:
+        if not self.shows_arrivals or not self.arrived:
+            return None
+        index = len(self.arrived) - 1
+        return AudioFrame(self.arrived[index], FrameKind.VOICE, index * SAMPLES_PER_FRAME)
+
+
+async def _greeting_held_at(
+    executor: ThreadPoolExecutor, caller: list[Pcm], onset: int, *, arrivals: bool
+) -> tuple[int, TurnRecord]:
+    """Play ``caller`` over a greeting, behind a 100 ms jitter buffer: the tick at which the agent
+    decided to fall silent, checking that it was talking until the caller's ``onset`` and quiet after."""
+    records: list[TurnRecord] = []
+    models = Models(FakeTranscriber(["hello"]), FakeChat(["Hi."]), SpeechSynthesizer(), executor)
+    media = JitteredMedia(ahead := 5, shows_arrivals=arrivals)
+    config = AgentConfig(greeting="Thanks for calling the card shop, how can I help you today?")
+    agent = CallAgent("test", models, media, config, on_turn=records.append)
+    agent.greet(0.0)
+    sent: list[bool] = []
+    for tick, frame in enumerate(caller):
+        media.arrived.append(frame)
+        played = tick - ahead
+        inbound = caller[played] if played >= 0 else _noise(1, seed=tick)[0]
+        out = media.next_outbound()
+        sent.append(out is not None)
+        timestamp = max(played, 0) * SAMPLES_PER_FRAME
+        agent.on_tick(Tick(tick * FRAME_SECONDS, AudioFrame(inbound, FrameKind.VOICE, timestamp), out))
+        await asyncio.sleep(FRAME_SECONDS * 0.25)
+    await agent.aclose()
+    record = records[0]
+    assert record.stop_decided_at is not None
+    decided = round(record.stop_decided_at / FRAME_SECONDS)
+    assert all(sent[onset - 10 : onset])  # the greeting was playing when the caller started
+    assert not any(sent[decided + 2 :])  # silent within two frames of the decision, and after
+    return decided, record
+
+
+async def test_caller_voice_holds_the_agent_when_it_arrives_not_when_it_plays(
+    executor: ThreadPoolExecutor,
+) -> None:
+    from sipagent.voice.vad import WebRtcVad
+
+    speech = _caller_frames("speech-cards-002.pcap")
+    vad = WebRtcVad(2)
+    first_voiced = next(i for i, frame in enumerate(speech) if vad.is_speech(frame))
+    # 1.2 s of line noise while the greeting plays, then the caller talks over it.
+    lead = 60 - first_voiced
+    caller = _noise(lead) + speech[: first_voiced + 40]
+    onset = lead + first_voiced
+    early, with_arrivals = await _greeting_held_at(executor, caller, onset, arrivals=True)
+    late, without = await _greeting_held_at(executor, caller, onset, arrivals=False)
+    # Behind a 100 ms buffer the caller's voice reaches the agent five ticks before it plays: the
+    # hold came once 60 ms of it had arrived (three frames), not once that much had played.
+    assert onset <= early <= onset + 3  # (this VAD has heard the noise: it may start a frame early)
+    assert late >= early + 4
+    # Either way the onset logged is the caller's first voiced frame (its RTP timestamp).
+    for record in (with_arrivals, without):
+        assert record.caller_onset_rtp_ts is not None
+        assert abs(record.caller_onset_rtp_ts // SAMPLES_PER_FRAME - onset) <= 1

@@ -689,3 +689,38 @@ def test_any_packet_sequence_yields_one_frame_per_tick(
         now += TICK
     stats = buffer.stats
     assert min(stats.lost, stats.late, stats.duplicates, stats.received) >= 0
+
+
+def test_newest_is_the_latest_arrived_frame_ahead_of_the_play_position() -> None:
+    payload = speech_frames(200)
+    clean = g711.decode(payload, "PCMU").reshape(-1, SAMPLES_PER_FRAME)
+    packets = packetise(payload)
+    network = Network(seed=3, jitter=0.030)
+    arrivals = network.deliver(packets, [10.0 + i * TICK for i in range(len(packets))])
+    buffer = JitterBuffer()
+    assert buffer.newest() is None  # nothing arrived yet
+    pending = iter(arrivals)
+    upcoming = next(pending, None)
+    ahead_ms = []
+    for n in range(220):
+        now = 10.0 + n * TICK
+        while upcoming is not None and upcoming[0] <= now:
+            buffer.push(upcoming[1], upcoming[0])
+            upcoming = next(pending, None)
+        newest = buffer.newest()
+        played = buffer.pop(now)
+        if newest is None:
+            continue
+        assert newest.kind is VOICE
+        index = index_of(newest)
+        # The newest packet that has arrived, exactly as sent, and not played yet.
+        np.testing.assert_array_equal(newest.samples, clean[index])
+        assert index == max((p.timestamp - 50000) // SAMPLES_PER_FRAME for t, p in arrivals if t <= now)
+        if played.timestamp is not None and newest.timestamp is not None:
+            ahead = (newest.timestamp - played.timestamp) & 0xFFFFFFFF
+            assert ahead < 0x80000000  # never behind what plays
+            ahead_ms.append(ahead / 8)
+    # Under 30 ms mean jitter the buffer plays ~100 ms behind the newest arrival: that is the head start.
+    assert ahead_ms and 40 <= float(np.median(ahead_ms)) <= 160
+    # Everything played: nothing is ahead any more.
+    assert buffer.newest() is None

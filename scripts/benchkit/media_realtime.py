@@ -324,7 +324,7 @@ class RealtimeRun:
     sent_ahead: float = 0.0  # per second: slots whose packets went out before their own timer fired
     runqueue_wait: float = 0.0  # share of the wall time the server was runnable but not running
     pinned: str = ""  # "server 0, peer 1": the CPUs each process was pinned to ("" not pinned)
-    #: work "infer": the voice jobs that ran in this process meanwhile (stt, llm, tts counts).
+    #: work "inf-proc"/"inf-thre": the voice jobs that ran meanwhile (stt, llm, tts counts).
     inference_jobs: dict[str, int] = field(default_factory=dict)
     priority: str = ""  # "SCHED_RR 10": the scheduling class with --rt-priority ("" normal)
 

@@ -300,6 +300,18 @@ class JitterBuffer:
             self._pending = 0
         return self._play(self._block)
 
+    def newest(self) -> AudioFrame | None:
+        """The latest 20 ms that has arrived and not played yet (VOICE, with its RTP timestamp), or
+        None when everything that arrived has played. Decisions that cannot wait out the buffer's
+        delay look here: on a jittery line caller voice waits ~100 ms before it plays, and the
+        agent should fall silent when it arrives. Does not move the play position."""
+        if self._state == _WAITING:
+            return None
+        first = self._end // _BLOCK - 2
+        if first < self._block or not (self._have(first) and self._have(first + 1)):
+            return None
+        return AudioFrame(self._decode(first, _FRAME), _VOICE, (self._base + first * _BLOCK) & 0xFFFFFFFF)
+
     # -- timeline ------------------------------------------------------------------------------
 
     def _new_source(self, packet: RtpPacket, arrival: float) -> None:

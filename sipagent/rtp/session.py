@@ -319,6 +319,11 @@ class RtpSession:
             self.dtmf_out.payloads_for(digit, duration_ms=duration_ms), self.dtmf_out.payload_type
         )
 
+    def newest_inbound(self) -> AudioFrame | None:
+        """The caller's newest 20 ms, arrived but not yet played out (see
+        :meth:`~sipagent.rtp.jitter.JitterBuffer.newest`); None if there is none."""
+        return self.jitter.newest() if self.receiving else None
+
     @property
     def queued_output(self) -> int:
         """Frames waiting to be sent."""

@@ -31,8 +31,9 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from ..rtp.frames import FRAME_SECONDS, SAMPLES_PER_FRAME, FrameKind, Pcm
+from ..rtp.frames import FRAME_SECONDS, SAMPLES_PER_FRAME, AudioFrame, FrameKind, Pcm
 from ..rtp.session import Tick
+from .arrival_watch import ArrivalWatch
 from .echo_guard import EchoConfig, EchoGuard
 from .llm import ChatModel, ChatSession
 from .playback import Playback
@@ -55,6 +56,7 @@ class MediaOut(Protocol):
 
     def send_frames(self, frames: list[Pcm]) -> None: ...
     def flush_output(self) -> int: ...
+    def newest_inbound(self) -> AudioFrame | None: ...
     @property
     def queued_output(self) -> int: ...
 
@@ -269,6 +271,8 @@ class CallAgent:
         self.on_turn = on_turn
         self.vad = WebRtcVad(self.config.vad_aggressiveness)
         self.echo = EchoGuard(self.config.echo)
+        #: Caller voice that has arrived but not played yet, for the hold (see arrival_watch.py).
+        self.arrivals = ArrivalWatch(self.config.vad_aggressiveness, self.config.echo)
         self.turns = TurnDetector(self.config.turn)
         self.chat_session = models.chat.new_session(self.config.system_prompt)
         self.turns_done = 0
@@ -283,6 +287,7 @@ class CallAgent:
         #: The tick and RTP timestamp of the first frame of the current run of caller voice.
         self._run_start: tuple[float | None, int | None] = (None, None)
         self._hold_frames = max(1, round(self.config.hold_after_ms / 1000 / FRAME_SECONDS))
+        self._hold_s = self._hold_frames * FRAME_SECONDS
         self._speculation: _Responder | None = None
         self._speaking: _Responder | None = None  # the reply being played (committed)
         self._jobs: set[asyncio.Future[Any]] = set()
@@ -307,6 +312,7 @@ class CallAgent:
         out = tick.outbound
         # The guard needs every frame that went out, silence fill included (None here).
         self.echo.note_outbound(out if out is not None else _SILENCE, tick.time)
+        self.arrivals.note_outbound(out if out is not None else _SILENCE, tick.time)
         if speaking is not None:
             speaking.playback.sync_sent(self.media.queued_output)
         if out is not None and speaking is not None:
@@ -324,6 +330,8 @@ class CallAgent:
             self._run_start = (tick.time, frame.timestamp)
         for event in self.turns.push(voiced, tick.time, agent_speaking=agent_on):
             self._handle(event, tick.time)
+        if speaking is not None and not speaking.playback.done:
+            self.arrivals.update(self.media.newest_inbound(), tick.time)
         self._hold_or_resume(voiced, tick.time)
         self._feed()
 
@@ -348,12 +356,19 @@ class CallAgent:
         self._voice_run = self._voice_run + 1 if voiced else 0
         if speaking is None or speaking.playback.done:
             return
-        playback = speaking.playback
-        if not playback.held and self._voice_run >= self._hold_frames:
+        playback, arrivals = speaking.playback, self.arrivals
+        arrived = arrivals.voiced_s >= self._hold_s
+        if not playback.held and (self._voice_run >= self._hold_frames or arrived):
             playback.hold(self.media.flush_output())
             speaking.record.holds += 1
-            self._note_stop(speaking.record, now)
-        elif playback.held and self.turns.state.name == "LISTENING" and self._voice_run == 0:
+            # The voice's onset as the stream that saw it first saw it.
+            self._note_stop(speaking.record, now, self._run_start if self._voice_run else arrivals.onset)
+        elif (
+            playback.held
+            and self.turns.state.name == "LISTENING"
+            and self._voice_run == 0
+            and not arrivals.voiced_s
+        ):
             playback.resume()  # it was a blip, a cough or a short "mm": carry on
 
     def _feed(self) -> None:
@@ -471,9 +486,11 @@ class CallAgent:
         if mark is not None and len(history) == mark + added and history[-1].role == "assistant":
             session.record_spoken(responder.playback.heard_text())
 
-    def _note_stop(self, record: TurnRecord, now: float) -> None:
+    def _note_stop(
+        self, record: TurnRecord, now: float, onset: tuple[float | None, int | None] | None = None
+    ) -> None:
         record.stop_decided_at = now
-        record.caller_onset_at, record.caller_onset_rtp_ts = self._run_start
+        record.caller_onset_at, record.caller_onset_rtp_ts = onset or self._run_start
 
     def _note_first_audio(self, record: TurnRecord, at: float) -> None:
         record.first_voiced_out_at = at

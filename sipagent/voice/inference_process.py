@@ -45,6 +45,7 @@ import numpy.typing as npt
 from ..config import Settings
 from .agent import Models
 from .llm import ChatSession, LlmError, _ChatBase
+from .pipeline import ModelLoadError, close_models, load_models_here, lower_thread_priority
 from .stt import Transcript
 
 log = logging.getLogger("sipagent.voice.inference")
@@ -63,8 +64,9 @@ class _Client:
     """The parent's end of the pipe: sends requests (from any thread) and routes every answer to the
     queue of the request it answers, from one reader thread."""
 
-    def __init__(self, conn: Connection, process: multiprocessing.process.BaseProcess) -> None:
+    def __init__(self, conn: Connection, process: multiprocessing.process.BaseProcess, nice: int) -> None:
         self._conn = conn
+        self._nice = nice
         self._process = process
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -112,6 +114,7 @@ class _Client:
             self.finish(rid)
 
     def _read(self) -> None:
+        lower_thread_priority(self._nice)
         while True:
             try:
                 message = self._conn.recv()
@@ -234,8 +237,6 @@ class RemoteChat(_ChatBase):
 def start_inference_process(settings: Settings) -> Models:
     """Start the inference process, wait until its models are loaded and warm (seconds), and return
     models that talk to it. Raises :class:`~sipagent.voice.pipeline.ModelLoadError` if it cannot load."""
-    from .pipeline import ModelLoadError
-
     context = multiprocessing.get_context("spawn")
     parent_end, child_end = context.Pipe(duplex=True)
     process = context.Process(
@@ -259,10 +260,17 @@ def start_inference_process(settings: Settings) -> Models:
         process.join(timeout=_STOP_TIMEOUT_S)
         parent_end.close()
         raise ModelLoadError(str(first[1]))
-    client = _Client(parent_end, process)
+    nice = settings.agent.inference_nice
+    client = _Client(parent_end, process, nice)
     client.start()
-    # The jobs' threads here only wait for answers; the work is the other process's.
-    waiters = ThreadPoolExecutor(max_workers=settings.agent.workers, thread_name_prefix="sipagent-infer-wait")
+    # The jobs' threads here only wait for answers and pass them on; the work is the other
+    # process's. They and the reader are niced too: on the media loop's core they come second.
+    waiters = ThreadPoolExecutor(
+        max_workers=settings.agent.workers,
+        thread_name_prefix="sipagent-infer-wait",
+        initializer=lower_thread_priority,
+        initargs=(nice,),
+    )
     log.info("inference process %d serves the models", process.pid)
     return Models(
         transcriber=RemoteTranscriber(client),
@@ -274,26 +282,26 @@ def start_inference_process(settings: Settings) -> Models:
 
 
 # The worker ---------------------------------------------------------------------------------------
-def _leave_the_media_priority(nice: int) -> None:
-    """The worker inherits the server's scheduling: a real-time class (``--rt-priority``) would let
-    the models starve the media loop, so it goes back to the normal class, then nicer still. Done on
-    the main thread before any other starts: threads inherit both."""
+def _leave_the_media_priority(nice: int, cpus: list[int] | None) -> None:
+    """The worker inherits the server's scheduling: a real-time class would let the models starve
+    the media loop, so it goes back to the normal class, then nicer still, and onto ``cpus``. Done
+    on the main thread before any other starts: threads inherit all three."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: run as is
         if os.sched_getscheduler(0) != os.SCHED_OTHER:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     if nice:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if cpus is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)  # validated against this machine's CPUs with the settings
 
 
 def _worker_main(conn: Connection, settings: Settings) -> None:
     """The inference process's whole life: load, announce, serve until told to stop or orphaned."""
-    _leave_the_media_priority(settings.agent.inference_nice)
+    _leave_the_media_priority(settings.agent.inference_nice, settings.agent.inference_cpus)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[inference]: %(message)s"
     )
-    from .pipeline import ModelLoadError, close_models, load_models_here
-
     try:
         models = load_models_here(settings)
     except ModelLoadError as exc:

@@ -51,8 +51,10 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message names the file or setting."""
 
 
-def _lower_priority(nice: int) -> None:
-    """Runs first in every inference thread: on Linux the nice value is per thread, and the
+def lower_thread_priority(nice: int) -> None:
+    """Give the calling thread the nice value ``nice`` (Linux; elsewhere, or not allowed: nothing).
+
+    Runs first in every inference thread: on Linux the nice value is per thread, and the
     threads CTranslate2, onnxruntime and llama.cpp start from here inherit it. The event loop's
     thread keeps its own, so when models and media want the same core the 20 ms packets win."""
     if nice:
@@ -85,7 +87,7 @@ def load_models_here(settings: Settings) -> Models:
     executor = ThreadPoolExecutor(
         max_workers=settings.agent.workers,
         thread_name_prefix="sipagent-infer",
-        initializer=_lower_priority,
+        initializer=lower_thread_priority,
         initargs=(nice,),
     )
     try:
