@@ -313,6 +313,11 @@ class AgentSettings(_Section):
     #: Where the models run: ``process``, a process of their own, so their Python parts never hold
     #: the media loop's GIL (decision 0011); ``threads``, worker threads of the server's process.
     inference: Literal["process", "threads"] = "process"
+    #: Scheduling of the inference process (Linux): ``idle`` (SCHED_IDLE) runs the models only on
+    #: CPU time no normal task wants, so a waking media loop always preempts them (decision 0011);
+    #: ``normal`` runs them as ordinary tasks at ``inference_nice``, for boxes where other busy
+    #: programs would starve idle-class work.
+    inference_sched: Literal["idle", "normal"] = "idle"
     #: CPUs the inference process may run on (Linux; none: all). Keeping the models off the cores
     #: the media loop runs on (pin the server with ``taskset``) keeps them from delaying packets.
     inference_cpus: list[int] | None = None

@@ -42,6 +42,16 @@ def test_tls_needs_certificate_and_register_needs_user(tmp_path: Path) -> None:
     assert "register mode needs username" in message
 
 
+def test_inference_settings_are_checked_against_this_machine(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[agent]\ninference = "gpu"\ninference_cpus = [4096]\n')
+    assert "agent.inference" in message and "'process' or 'threads'" in message
+    message = _error(tmp_path, "[agent]\ninference_cpus = [4096]\n")
+    assert "inference_cpus: CPU 4096 is not available here" in message
+    message = _error(tmp_path, '[agent]\ninference = "threads"\ninference_cpus = [0]\n')
+    assert 'inference_cpus needs inference = "process"' in message
+    assert "inference_sched" in _error(tmp_path, '[agent]\ninference_sched = "realtime"\n')
+
+
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")

@@ -117,10 +117,35 @@ def test_cancel_stops_the_workers_generation(remote: Models) -> None:
     assert stats.generated_tokens < 12  # the worker stopped within a few tokens of it
 
 
-def test_the_worker_runs_niced_and_not_real_time(remote: Models) -> None:
+def test_the_worker_runs_in_the_idle_class_whatever_the_server_runs_in(remote: Models) -> None:
+    # (The server may be real-time; the worker must not inherit that, or it would starve the media.)
     pid = _worker_pid(remote)
+    assert os.sched_getscheduler(pid) == os.SCHED_IDLE
     assert os.getpriority(os.PRIO_PROCESS, pid) == SETTINGS.agent.inference_nice
-    assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+
+
+def test_normal_scheduling_niced_and_pinned_when_configured() -> None:
+    _require()
+    cpu = min(os.sched_getaffinity(0))
+    settings = build_settings(
+        {
+            "agent": {
+                "inference": "process",
+                "inference_sched": "normal",
+                "inference_cpus": [cpu],
+                "workers": 1,
+            }
+        }
+    )
+    models = load_models(settings)
+    try:
+        pid = _worker_pid(models)
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, pid) == settings.agent.inference_nice
+        assert os.sched_getaffinity(pid) == {cpu}
+        assert list(models.synthesizer.synthesize("One."))  # it still works there
+    finally:
+        close_models(models)
 
 
 def test_a_voice_that_cannot_load_is_a_model_load_error(tmp_path: Path) -> None:

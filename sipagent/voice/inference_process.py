@@ -282,13 +282,15 @@ def start_inference_process(settings: Settings) -> Models:
 
 
 # The worker ---------------------------------------------------------------------------------------
-def _leave_the_media_priority(nice: int, cpus: list[int] | None) -> None:
+def _leave_the_media_priority(sched: str, nice: int, cpus: list[int] | None) -> None:
     """The worker inherits the server's scheduling: a real-time class would let the models starve
-    the media loop, so it goes back to the normal class, then nicer still, and onto ``cpus``. Done
-    on the main thread before any other starts: threads inherit all three."""
+    the media loop. It goes to the idle class (``sched = "idle"``: any runnable normal task, the
+    media loop first, preempts it at once) or the normal one, nicer still, and onto ``cpus``. Done
+    on the main thread before any other starts: threads inherit all of it."""
+    policy = os.SCHED_IDLE if sched == "idle" and hasattr(os, "SCHED_IDLE") else os.SCHED_OTHER
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: run as is
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        if os.sched_getscheduler(0) != policy:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
     if nice:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, nice)
@@ -298,7 +300,8 @@ def _leave_the_media_priority(nice: int, cpus: list[int] | None) -> None:
 
 def _worker_main(conn: Connection, settings: Settings) -> None:
     """The inference process's whole life: load, announce, serve until told to stop or orphaned."""
-    _leave_the_media_priority(settings.agent.inference_nice, settings.agent.inference_cpus)
+    agent = settings.agent
+    _leave_the_media_priority(agent.inference_sched, agent.inference_nice, agent.inference_cpus)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[inference]: %(message)s"
     )
