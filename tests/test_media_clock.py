@@ -79,13 +79,15 @@ async def test_a_later_slot_sends_while_an_earlier_one_is_still_busy_inbound() -
     loop = asyncio.get_running_loop()
     clock = MediaClock(loop)
     journal: list[tuple[str, int]] = []
-    slow, first = _Client(clock, journal=journal, busy=0.004), _Client(clock, journal=journal)
+    # Slots 8 ms apart and 16 ms of inbound work: the order holds unless the loop wakes a whole 8 ms
+    # late (a loaded test box), which would make the later slot due at the first pass already.
+    slow, first = _Client(clock, journal=journal, busy=0.016), _Client(clock, journal=journal)
     later = _Client(clock, journal=journal)
     deadline = loop.time() + 0.01
     clock.schedule(slow, deadline)
     clock.schedule(first, deadline)
-    clock.schedule(later, deadline + 0.002)
-    await asyncio.sleep(0.03)
+    clock.schedule(later, deadline + 0.008)
+    await asyncio.sleep(0.06)
     assert journal == [
         ("send", id(slow)),
         ("send", id(first)),
