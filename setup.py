@@ -27,6 +27,9 @@ COMPILED = [
     "sipagent/rtp/dtmf.py",
     "sipagent/rtp/session.py",
     "sipagent/rtp/window.py",
+    # The asyncio adapter's per-tick path: the shared clock and each call's sockets (decision 0013).
+    "sipagent/net/media_clock.py",
+    "sipagent/net/media.py",
 ]
 
 

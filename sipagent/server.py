@@ -18,8 +18,8 @@ import ssl
 
 from .call import Call, CallOptions
 from .config import Settings
-from .net.media import PortRangeExhausted
 from .net.media_clock import MediaClock
+from .net.media_sockets import PortRangeExhausted
 from .net.sip_transport import SipNetwork, default_local_address
 from .sip.address import uri_address
 from .sip.context import EndpointConfig

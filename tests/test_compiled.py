@@ -26,7 +26,7 @@ def _fake_build(folder: Path, names: tuple[str, ...], built_at: float) -> list[P
 
 
 def test_current_builds_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_compiled, "_RTP", tmp_path)
+    monkeypatch.setattr(_compiled, "_ROOT", tmp_path)
     monkeypatch.setattr(_compiled, "COMPILED_MODULES", ("alpha", "beta"))
     extensions = _fake_build(tmp_path, ("alpha", "beta"), time.time() - 100)
     assert _compiled.drop_stale_builds() == []
@@ -34,7 +34,7 @@ def test_current_builds_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_an_edited_source_drops_the_compiled_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_compiled, "_RTP", tmp_path)
+    monkeypatch.setattr(_compiled, "_ROOT", tmp_path)
     monkeypatch.setattr(_compiled, "COMPILED_MODULES", ("alpha", "beta"))
     extensions = _fake_build(tmp_path, ("alpha", "beta"), time.time() - 100)
     os.utime(tmp_path / "beta.py")  # edited now, after the build

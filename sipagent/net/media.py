@@ -28,16 +28,15 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
-from typing import cast
 
 from ..rtp.events import MediaEvent
 from ..rtp.session import MediaDatagram, RtpSession, Tick
 from ..rtp.window import FloatWindow
 from .media_clock import MediaClock
+from .media_sockets import Addr, PortRangeExhausted, RtcpSocket
 
 log = logging.getLogger("sipagent.rtp")
 
-Addr = tuple[str, int]
 #: How many recent ticks the send-time error percentiles cover.
 _ERROR_WINDOW = 3000
 #: Packets read per tick at most: a flood waits in the kernel instead of starving other calls.
@@ -50,26 +49,6 @@ _SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@qq")
 _STAMPED = sys.platform == "linux" and platform.machine() in {"x86_64", "aarch64", "riscv64"}
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) if _STAMPED else 0
-
-
-class PortRangeExhausted(RuntimeError):
-    """No free even/odd port pair is left in the configured RTP range."""
-
-
-class _RtcpSocket(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, Addr], None]) -> None:
-        self.on_datagram = on_datagram
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The selector loop's datagram transport does not subclass DatagramTransport on 3.11.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.on_datagram(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("RTCP socket error: %s", exc)
 
 
 def _udp_socket(host: str, port: int) -> socket.socket:
@@ -104,7 +83,7 @@ class MediaTransport:
         self.deliver_rtp: Callable[[bytes, Addr, float], None] = session.receive_rtp
         self._rtp: socket.socket | None = None
         self._stamped = False
-        self.rtcp = _RtcpSocket(self._on_rtcp)
+        self.rtcp = RtcpSocket(self._on_rtcp)
         self.port = 0
         self.send_errors = FloatWindow(_ERROR_WINDOW)
         #: Datagrams the kernel refused (full buffer, unreachable network): UDP drops them.

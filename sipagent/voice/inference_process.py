@@ -52,7 +52,7 @@ log = logging.getLogger("sipagent.voice.inference")
 
 #: How often a waiting reply looks at its cancel flag (a barge-in reaches the worker this late, at most).
 _CANCEL_POLL_S = 0.010
-#: How long :meth:`InferenceProcess.close` waits for the worker to finish its jobs and exit.
+#: How long the server waits at shutdown for the worker to finish its jobs and exit.
 _STOP_TIMEOUT_S = 10.0
 
 
@@ -73,6 +73,7 @@ class _Client:
         self._pending: dict[int, queue.SimpleQueue[tuple[Any, ...]]] = {}
         self._lock = threading.Lock()
         self._gone: str | None = None
+        self._closing = False  # an exit from here on is the one close() asked for
         self._reader = threading.Thread(target=self._read, name="sipagent-inference-reader", daemon=True)
 
     def start(self) -> None:
@@ -133,8 +134,6 @@ class _Client:
             log.error("%s: calls get no answers until the server restarts", reason)
         for answers in pending.values():
             answers.put(("gone", reason))
-
-    _closing = False
 
     def close(self) -> None:
         self._closing = True
@@ -207,28 +206,29 @@ class RemoteChat(_ChatBase):
     def _stream(self, session: ChatSession, cancel: threading.Event | None) -> Generator[str, None, None]:
         turns = tuple((turn.role, turn.text) for turn in session.history)
         rid, answers = self._client.request("llm", self._keys[session], session.system_prompt, turns)
-        cancel_sent = False
+        cancelled = finished = False
         try:
             while True:
+                if not cancelled and cancel is not None and cancel.is_set():
+                    self._client.send(("cancel", rid))  # the worker stops at its next token
+                    cancelled = True
                 try:
                     answer = answers.get(timeout=_CANCEL_POLL_S)
                 except queue.Empty:
-                    if cancel is not None and cancel.is_set() and not cancel_sent:
-                        self._client.send(("cancel", rid))  # the worker stops at its next token
-                        cancel_sent = True
                     continue
-                kind = answer[0]
-                if kind == "piece":
-                    if not cancel_sent:
+                if answer[0] == "piece":
+                    if not cancelled:  # what comes after a cancel is not the caller's
                         yield answer[1]
-                elif kind == "done":
+                elif answer[0] == "done":
+                    finished = True
                     session.last_stats = answer[1]
                     return
                 else:
-                    raise LlmError(str(_value(answer)))
+                    _value(answer)  # raises InferenceError with the worker's reason
+                    raise LlmError(f"unexpected answer to a reply: {answer[0]!r}")
         finally:
-            if not cancel_sent and (cancel is None or not cancel.is_set()):
-                # Closed early by the caller (not cancelled): stop the worker's generation too.
+            if not finished and not cancelled:
+                # Closed early by its consumer: stop the worker's generation too.
                 with contextlib.suppress(InferenceError):
                     self._client.send(("cancel", rid))
             self._client.finish(rid)
