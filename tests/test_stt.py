@@ -154,6 +154,12 @@ def test_fake_answers_in_order_records_audio_and_waits() -> None:
         ("thank you thank you", "thank you"),
         ("10 of clubs 10 of clubs clubs 10 of clubs clubs", None),  # a messy loop: decode again
         ("go forward ten meters", "go forward ten meters"),
+        # Started over and cut off by the window (seen on Piper's voice, 5 s window):
+        (
+            "Your appointment is on Tuesday at 3 in the afternoon. Your appointment is on Tuesday",
+            "Your appointment is on Tuesday at 3 in the afternoon.",
+        ),
+        ("I want, I want the blue one", "I want, I want the blue one"),  # a speaker's own restart
     ],
 )
 def test_a_short_windows_repetition_is_cut_back_to_its_first_pass(text: str, expected: str | None) -> None:

@@ -54,6 +54,8 @@ log = logging.getLogger("sipagent.voice.inference")
 _CANCEL_POLL_S = 0.010
 #: How long the server waits at shutdown for the worker to finish its jobs and exit.
 _STOP_TIMEOUT_S = 10.0
+#: The longest wait before starting a worker again after one died (0.5 s at first, doubling).
+_RESTART_MAX_DELAY_S = 30.0
 
 
 class InferenceError(RuntimeError):
@@ -64,16 +66,25 @@ class _Client:
     """The parent's end of the pipe: sends requests (from any thread) and routes every answer to the
     queue of the request it answers, from one reader thread."""
 
-    def __init__(self, conn: Connection, process: multiprocessing.process.BaseProcess, nice: int) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        process: multiprocessing.process.BaseProcess,
+        nice: int,
+        restart: Callable[[], _Spawned] | None = None,
+    ) -> None:
         self._conn = conn
         self._nice = nice
         self._process = process
+        self._restart = restart
+        #: Workers started after one died (a crash, the kernel's OOM killer).
+        self.restarts = 0
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, queue.SimpleQueue[tuple[Any, ...]]] = {}
         self._lock = threading.Lock()
         self._gone: str | None = None
-        self._closing = False  # an exit from here on is the one close() asked for
+        self._closing = threading.Event()  # set: an exit from here on is the one close() asked for
         self._reader = threading.Thread(target=self._read, name="sipagent-inference-reader", daemon=True)
 
     def start(self) -> None:
@@ -117,26 +128,56 @@ class _Client:
     def _read(self) -> None:
         lower_thread_priority(self._nice)
         while True:
+            self._route_answers()
+            reason = self._worker_gone()
+            if self._closing.is_set() or self._restart is None:
+                return
+            # A crash (or the OOM killer) ends the worker, not the service: start another. Jobs
+            # asked for meanwhile fail at once (that turn goes unanswered) rather than wait.
+            delay = min(_RESTART_MAX_DELAY_S, 0.5 * 2 ** min(self.restarts, 6))
+            log.error("%s; starting another in %.1f s", reason, delay)
+            if self._closing.wait(delay):
+                return
             try:
-                message = self._conn.recv()
+                conn, process, _ = self._restart()
+            except ModelLoadError as exc:
+                log.error("the inference process cannot be restarted: %s", exc)
+                return
+            with self._send_lock, self._lock:
+                if self._closing.is_set():
+                    process.kill()
+                    conn.close()
+                    return
+                self._conn, self._process, self._gone = conn, process, None
+            self.restarts += 1
+
+    def _route_answers(self) -> None:
+        conn = self._conn
+        while True:
+            try:
+                message = conn.recv()
             except (EOFError, OSError):
-                break
+                return
             with self._lock:
                 answers = self._pending.get(message[1])
             if answers is not None:  # else: a job given up on (the call ended), its late answer
                 answers.put((message[0], *message[2:]))
+
+    def _worker_gone(self) -> str:
+        """The worker's end of the pipe closed: fail everything waiting for it."""
         self._process.join(timeout=1.0)
         reason = f"the inference process exited (code {self._process.exitcode})"
         with self._send_lock, self._lock:
             self._gone = reason
             pending, self._pending = self._pending, {}
-        if not self._closing:
-            log.error("%s: calls get no answers until the server restarts", reason)
+        with contextlib.suppress(OSError):
+            self._conn.close()
         for answers in pending.values():
             answers.put(("gone", reason))
+        return reason
 
     def close(self) -> None:
-        self._closing = True
+        self._closing.set()
         with contextlib.suppress(InferenceError):
             self.send(("stop",))
         self._process.join(timeout=_STOP_TIMEOUT_S)
@@ -234,9 +275,12 @@ class RemoteChat(_ChatBase):
             self._client.finish(rid)
 
 
-def start_inference_process(settings: Settings) -> Models:
-    """Start the inference process, wait until its models are loaded and warm (seconds), and return
-    models that talk to it. Raises :class:`~sipagent.voice.pipeline.ModelLoadError` if it cannot load."""
+_Spawned = tuple[Connection, multiprocessing.process.BaseProcess, str]
+
+
+def _spawn(settings: Settings) -> _Spawned:
+    """Start a worker and wait until its models are loaded and warm (seconds): its pipe, its
+    process and the model's default system prompt. Raises ModelLoadError if it cannot load."""
     context = multiprocessing.get_context("spawn")
     parent_end, child_end = context.Pipe(duplex=True)
     process = context.Process(
@@ -260,8 +304,16 @@ def start_inference_process(settings: Settings) -> Models:
         process.join(timeout=_STOP_TIMEOUT_S)
         parent_end.close()
         raise ModelLoadError(str(first[1]))
+    log.info("inference process %d serves the models", process.pid)
+    return parent_end, process, str(first[1])
+
+
+def start_inference_process(settings: Settings) -> Models:
+    """Start the inference process, wait until its models are loaded and warm (seconds), and return
+    models that talk to it. Raises :class:`~sipagent.voice.pipeline.ModelLoadError` if it cannot load."""
+    conn, process, system_prompt = _spawn(settings)
     nice = settings.agent.inference_nice
-    client = _Client(parent_end, process, nice)
+    client = _Client(conn, process, nice, restart=lambda: _spawn(settings))
     client.start()
     # The jobs' threads here only wait for answers and pass them on; the work is the other
     # process's. They and the reader are niced too: on the media loop's core they come second.
@@ -271,10 +323,9 @@ def start_inference_process(settings: Settings) -> Models:
         initializer=lower_thread_priority,
         initargs=(nice,),
     )
-    log.info("inference process %d serves the models", process.pid)
     return Models(
         transcriber=RemoteTranscriber(client),
-        chat=RemoteChat(client, system_prompt=first[1]),
+        chat=RemoteChat(client, system_prompt=system_prompt),
         synthesizer=RemoteSynthesizer(client),
         executor=waiters,
         stop=client.close,

@@ -245,17 +245,37 @@ class _WindowDecoder:
         return Transcript(text, no_speech, avg_logprob, duration)
 
 
+def _words(text: str) -> list[str]:
+    return [w.strip(".,!?;:\"'").lower() for w in text.split()]
+
+
+def _restart_at(words: list[str]) -> int | None:
+    """Where the decoder started the utterance over and was cut off ("a b c d. a b c"): the index
+    from which the rest (three words or more, no longer than what came before) repeats the start."""
+    count = len(words)
+    for start in range((count + 1) // 2, count - 2):
+        if words[start:] == words[: count - start]:
+            return start
+    return None
+
+
 def _repeats_itself(text: str) -> bool:
-    """Whether the text ends with a run of two or more words said twice in a row."""
-    words = [w.strip(".,!?;:\"'").lower() for w in text.split()]
-    return any(words[-size:] == words[-2 * size : -size] for size in range(2, len(words) // 2 + 1))
+    """Whether the text ends with a run of two or more words said twice in a row, or starts over."""
+    words = _words(text)
+    return _restart_at(words) is not None or any(
+        words[-size:] == words[-2 * size : -size] for size in range(2, len(words) // 2 + 1)
+    )
 
 
 def _without_repeats(text: str) -> str | None:
-    """``text`` with its tail repetitions removed ("a b c. a b c. a b c." -> "a b c."), or None
-    when what is left still repeats itself (not a clean loop)."""
+    """``text`` with its tail repetitions removed ("a b c. a b c. a b c." -> "a b c."; a second
+    pass cut short, "a b c d. a b c", too), or None when what is left still repeats itself (not a
+    clean loop)."""
     tokens = text.split()
-    words = [w.strip(".,!?;:\"'").lower() for w in tokens]
+    words = _words(text)
+    restart = _restart_at(words)
+    if restart is not None:
+        del tokens[restart:], words[restart:]
     while True:
         for size in range(2, len(words) // 2 + 1):
             if words[-size:] == words[-2 * size : -size]:
