@@ -93,7 +93,9 @@ class RtpSessionConfig:
     rtcp_interval: float = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+# These two are made for every call on every tick: a written-out __init__ is compiled (mypyc),
+# a dataclass-generated one is not (see AudioFrame). Treat them as immutable.
+@dataclass(slots=True, init=False)
 class Tick:
     """What one 20 ms tick carried: the caller's frame and the samples we sent (None: nothing sent)."""
 
@@ -101,14 +103,24 @@ class Tick:
     inbound: AudioFrame
     outbound: Pcm | None
 
+    def __init__(self, time: float, inbound: AudioFrame, outbound: Pcm | None) -> None:
+        self.time = time
+        self.inbound = inbound
+        self.outbound = outbound
 
-@dataclass(frozen=True)
+
+@dataclass(slots=True, init=False)
 class MediaDatagram:
     """Bytes to send; ``rtcp`` says which of the call's two sockets sends them."""
 
     data: bytes
     destination: Addr
     rtcp: bool
+
+    def __init__(self, data: bytes, destination: Addr, rtcp: bool) -> None:
+        self.data = data
+        self.destination = destination
+        self.rtcp = rtcp
 
 
 @dataclass
