@@ -308,6 +308,11 @@ class AgentSettings(_Section):
     hold_after_ms: float = Field(60.0, ge=20, le=1000)
     #: WebRTC VAD aggressiveness, 0 (lenient) to 3 (strict).
     vad_aggressiveness: int = Field(2, ge=0, le=3)
+    #: The first TTS chunk of a reply may end at a clause after this many words, and ends at a word
+    #: by ``first_chunk_max_chars`` characters: shorter starts speaking sooner (each word waited for
+    #: is ~30 ms of LLM time, and Piper's time grows with the chunk), longer sounds less clipped.
+    first_chunk_min_words: int = Field(3, ge=1, le=20)
+    first_chunk_max_chars: int = Field(28, ge=10, le=200)
     #: Said when a call is answered (none: wait for the caller).
     greeting: str | None = None
     #: Where the models run: ``process``, a process of their own, so their Python parts never hold

@@ -23,6 +23,7 @@ import numpy as np
 from ..config import Settings
 from .agent import AgentConfig, Models
 from .llm import chat_model_from_settings
+from .spoken import ChunkerConfig
 from .stt import WhisperTranscriber
 from .tts import PiperSynthesizer
 from .turns import TurnConfig
@@ -43,6 +44,9 @@ def agent_config(settings: Settings) -> AgentConfig:
         vad_aggressiveness=agent.vad_aggressiveness,
         hold_after_ms=agent.hold_after_ms,
         greeting=agent.greeting,
+        chunker=ChunkerConfig(
+            first_min_words=agent.first_chunk_min_words, first_max_chars=agent.first_chunk_max_chars
+        ),
         system_prompt=None,  # the model's own default (evaluated once at load): settings.llm.system_prompt
     )
 
