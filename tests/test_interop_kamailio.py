@@ -58,7 +58,9 @@ def test_register_with_digest_honours_grant_and_refreshes_on_same_call_id(tmp_pa
         records = kamailio.register_log()
         oks = _ok_registers(kamailio)
         assert records[0].status == "challenge"
-        assert oks[0].requested_expires == 3600 and oks[0].granted == 10
+        # usrloc keeps an absolute expiry and the log line subtracts the current second from it:
+        # a second boundary between save() and the log (a loaded box) reads 9 for a 10 s grant.
+        assert oks[0].requested_expires == 3600 and oks[0].granted in (9, 10)
         assert "registered sip:agent@127.0.0.1 for 10 s" in log
         assert len({r.call_id for r in records}) == 1, "every REGISTER must share one Call-ID"
         cseqs = [r.cseq for r in records]
