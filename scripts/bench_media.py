@@ -226,7 +226,7 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
-def _counts_or_zero(text: str) -> list[int]:
+def _cpu_list(text: str) -> list[int]:
     cpus = [int(part) for part in text.split(",") if part.strip()]
     if not cpus or any(cpu < 0 for cpu in cpus):
         raise argparse.ArgumentTypeError("CPU numbers are 0 or more, comma-separated")
@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--inference-cpus",
-        type=_counts_or_zero,
+        type=_cpu_list,
         default=None,
         help="CPUs for the inference process, e.g. 1 ([agent] inference_cpus; default: all)",
     )

@@ -10,9 +10,11 @@ Data flow (every 20 ms tick, on the event loop, cheap)::
                                              ─► TTS per chunk ─► Playback (plays once committed)
     CallerResumed ─► cancel the speculation      EndOfTurn ─► commit it (or start one, committed)
     caller voice over the agent ─► hold (line silent, place kept)    BargeIn ─► stop + cancel
+    RtpSession.newest_inbound ─► ArrivalWatch (VAD + echo guard of its own) ─► hold, before it plays
 
-Inference (faster-whisper, llama.cpp, Piper) runs in worker threads: native code that releases the
-GIL, so RTP pacing never waits on a model. Each reply is one asyncio task; cancelling it sets the
+Inference (faster-whisper, llama.cpp, Piper) is called from worker threads; the models themselves
+run in the inference process by default (:mod:`.inference_process`, decision 0011) or in those
+threads, so RTP pacing never waits on a model. Each reply is one asyncio task; cancelling it sets the
 LLM's cancel event (it stops before the next token), and :meth:`CallAgent.aclose` waits for every
 worker job of the call to return, so a call that ends mid-turn leaves nothing running.
 """
@@ -92,7 +94,8 @@ class AgentConfig:
 
 @dataclass
 class Models:
-    """The process-wide models, loaded once and shared by every call, and the worker threads."""
+    """The process-wide models (or their handles in the inference process), loaded once and shared
+    by every call, and the worker threads that call them."""
 
     transcriber: Transcriber
     chat: ChatModel
