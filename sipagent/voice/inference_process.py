@@ -84,6 +84,7 @@ class _Client:
         self._pending: dict[int, queue.SimpleQueue[tuple[Any, ...]]] = {}
         self._lock = threading.Lock()
         self._gone: str | None = None
+        self._close_lock = threading.Lock()
         self._closing = threading.Event()  # set: an exit from here on is the one close() asked for
         self._reader = threading.Thread(target=self._read, name="sipagent-inference-reader", daemon=True)
 
@@ -170,8 +171,7 @@ class _Client:
         with self._send_lock, self._lock:
             self._gone = reason
             pending, self._pending = self._pending, {}
-        with contextlib.suppress(OSError):
-            self._conn.close()
+        self._close_connection()
         for answers in pending.values():
             answers.put(("gone", reason))
         return reason
@@ -185,8 +185,17 @@ class _Client:
             log.warning("the inference process did not stop in %.0f s; killing it", _STOP_TIMEOUT_S)
             self._process.kill()
             self._process.join()
-        self._conn.close()
+        # The worker is gone, so the reader sees the pipe end and closes it; closing it here first
+        # would not wake a reader blocked in recv().
         self._reader.join(timeout=2.0)
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        # The reader and close() may both get here: close the descriptor once (twice could close
+        # a descriptor the process has since opened for something else).
+        with self._close_lock:
+            if not self._conn.closed:
+                self._conn.close()
 
 
 def _value(answer: tuple[Any, ...]) -> Any:
