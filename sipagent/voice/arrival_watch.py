@@ -6,7 +6,8 @@ out ~100 ms after they arrived (the buffer waits for late packets; 30 ms mean ji
 falling silent when the caller starts talking over the agent it is not: a listener judges how
 fast the agent yields from when they started speaking. So while the agent talks, each tick the
 newest frame that has arrived (:meth:`~sipagent.rtp.jitter.JitterBuffer.newest`) goes through a
-VAD and an echo guard of its own (their state follows this stream, not the played one) and the
+VAD and an echo guard of its own (their state follows this stream, not the played one; the guard
+shares the outbound history of the played stream's guard, which is fed once per tick) and the
 watch keeps how long the caller has been talking in it. The agent holds its speech when either
 stream has seen ``hold_after_ms`` of caller voice; barge-in (which cancels the reply) still waits
 for the played frames and the turn detector.
@@ -18,8 +19,8 @@ first frame judged not the caller.
 
 from __future__ import annotations
 
-from ..rtp.frames import SAMPLE_RATE, SAMPLES_PER_FRAME, AudioFrame, Pcm
-from .echo_guard import EchoConfig, EchoGuard
+from ..rtp.frames import SAMPLE_RATE, SAMPLES_PER_FRAME, AudioFrame
+from .echo_guard import EchoConfig, EchoGuard, OutboundHistory
 from .vad import WebRtcVad
 
 #: A run longer than this (samples) is no run: the RTP timeline jumped between two frames.
@@ -29,9 +30,10 @@ _LONGEST_RUN = 10 * SAMPLE_RATE
 class ArrivalWatch:
     """How long the caller has been talking in the audio that has arrived (see the module docstring)."""
 
-    def __init__(self, vad_aggressiveness: int, echo: EchoConfig) -> None:
+    def __init__(self, vad_aggressiveness: int, echo: EchoConfig, outbound: OutboundHistory) -> None:
+        """``outbound`` is what the agent sent (the played stream's guard's history, fed by it)."""
         self.vad = WebRtcVad(vad_aggressiveness)
-        self.echo = EchoGuard(echo)
+        self.echo = EchoGuard(echo, history=outbound)
         self._last_ts: int | None = None
         #: Tick time and RTP timestamp of the first frame of the current run of caller voice.
         self.onset: tuple[float | None, int | None] = (None, None)
@@ -42,10 +44,6 @@ class ArrivalWatch:
     def voiced_s(self) -> float:
         """Seconds of caller voice in the current run (0: the caller is not talking)."""
         return self._voiced_s
-
-    def note_outbound(self, pcm: Pcm, now: float) -> None:
-        """Every frame the agent sent this tick (silence included), as the echo guard needs."""
-        self.echo.note_outbound(pcm, now)
 
     def update(self, frame: AudioFrame | None, now: float) -> None:
         """Judge the newest arrived frame (None: everything that arrived has played)."""

@@ -150,21 +150,19 @@ class EchoGuard:
     ``voiced = vad.is_speech(frame) and guard.inbound_is_caller(frame, now)``.
     """
 
-    def __init__(self, config: EchoConfig | None = None) -> None:
+    def __init__(self, config: EchoConfig | None = None, history: OutboundHistory | None = None) -> None:
         self.config = config or EchoConfig()
         c = self.config
+        if history is not None and (history.tail_ms, history.frame_ms) != (c.tail_ms, c.frame_ms):
+            raise ValueError(
+                f"a shared OutboundHistory must have this guard's tail and frame "
+                f"({c.tail_ms} ms, {c.frame_ms} ms), got ({history.tail_ms} ms, {history.frame_ms} ms)"
+            )
+        #: What the agent sent within the tail; guards judging two inbound streams of one call
+        #: (played and arrived) share it, so each outbound frame is written once.
+        self.history = history if history is not None else OutboundHistory(c.tail_ms, c.frame_ms)
         self._frame = c.frame_ms / 1000
         self._tail = c.tail_ms / 1000
-        #: Frames of history: every delay up to the tail, plus one frame because an echo delayed
-        #: by a fraction of a frame straddles two, plus one for either call order within a tick.
-        self._frames = math.ceil(c.tail_ms / c.frame_ms - 1e-9) + 2
-        self._size = self._frames * _N
-        #: A ring written twice (at ``i`` and ``i + size``) so the history, oldest first, is
-        #: always the contiguous slice ``[pos, pos + size)``: no copying per frame.
-        self._ring: _Float = np.zeros(2 * self._size)
-        self._pos = 0
-        self._peaks = [0.0] * self._frames
-        self._last_out: float | None = None
         self._geigel = 10 ** (-c.erl_margin_db / 20)
         self._hold = c.hold_ms / 1000
         #: Residual-to-echo power ratio above which a frame is the caller (see _track_model_error).
@@ -180,29 +178,23 @@ class EchoGuard:
 
     # -- public ---------------------------------------------------------------------------------
     def note_outbound(self, pcm: Pcm, now: float) -> None:
-        """The agent sent this frame at ``now``; call for every frame sent, silence included."""
-        if pcm.shape != (_N,):
-            raise ValueError(f"an outbound frame holds {_N} samples, got shape {pcm.shape}")
-        if self._last_out is not None:
-            # Ticks without a frame (the agent stopped, a tick was skipped) are silence.
-            missing = min(round((now - self._last_out) / self._frame) - 1, self._frames)
-            for _ in range(max(0, missing)):
-                self._write(None)
-        self._write(pcm)
-        self._last_out = now
+        """The agent sent this frame at ``now``; call for every frame sent, silence included
+        (once per call: guards sharing a history share this too)."""
+        self.history.note(pcm, now)
 
     def inbound_is_caller(self, pcm: Pcm, now: float) -> bool:
         """Whether a voiced inbound frame received at ``now`` is the caller, not only our echo."""
         if pcm.shape != (_N,):
             raise ValueError(f"an inbound frame holds {_N} samples, got shape {pcm.shape}")
-        if self._last_out is None or now - self._last_out > self._tail + self._frame:
+        h = self.history
+        if h.last_out is None or now - h.last_out > self._tail + self._frame:
             return True
-        far_peak = max(self._peaks)
+        far_peak = max(h.peaks)
         if far_peak < self.config.silence_peak:
             return True
         x = pcm.astype(np.float64)
         # Outbound ticks since the newest frame held (the agent stopped, or the call order).
-        ticks = max(0, round((now - self._last_out) / self._frame))
+        ticks = max(0, round((now - h.last_out) / self._frame))
         # Geigel: quiet enough, against the loudest thing we sent within the tail, to be echo.
         quiet = float(np.abs(x).max()) <= far_peak * self._geigel
         if self.delay_samples is None:
@@ -217,15 +209,15 @@ class EchoGuard:
     # -- decisions ------------------------------------------------------------------------------
     def _known_path(self, x: _Float, ticks: int, now: float, quiet: bool) -> bool:
         assert self.delay_samples is not None
-        c = self.config
-        lag = self._size - _N - (self.delay_samples - ticks * _N)
+        c, h = self.config, self.history
+        lag = h.size - _N - (self.delay_samples - ticks * _N)
         lo = max(0, lag - c.search_samples)
-        hi = min(self._size - _N, lag + c.search_samples)
+        hi = min(h.size - _N, lag + c.search_samples)
         if lo <= hi:
             # The echo predicted at each lag near the learnt delay; keep the lag that explains
             # most (smallest residual): a correlation peak would drift to a louder or
             # lower-pitched neighbour and take the learnt delay with it.
-            near = self._ring[self._pos + lo : self._pos + hi + _N]
+            near = h.ring[h.pos + lo : h.pos + hi + _N]
             dots = np.correlate(near, x, "valid")
             powers = np.correlate(near * near, _ONES, "valid")
             signal = float(np.dot(x, x))
@@ -264,7 +256,8 @@ class EchoGuard:
         (At the learnt delay the path model has already judged it: a caller under the echo.)
         """
         self.searches += 1
-        history = self._ring[self._pos : self._pos + self._size]
+        size = self.history.size
+        history = self.history.oldest_first()
         # emphasized[k] pairs history[k + 1] with history[k], as probe[i] does x[i + 1] with x[i]:
         # if x[i] = g * history[m + i] then probe[i] = g * emphasized[m + i], same lag m.
         emphasized = history[1:] - PRE_EMPHASIS * history[:-1]
@@ -278,7 +271,7 @@ class EchoGuard:
         rho = scores / np.sqrt(np.maximum(window, floor) * (float(np.dot(probe, probe)) + 1e-9))
         lag = int(np.argmax(np.abs(rho)))
         correlation = abs(float(rho[lag]))
-        if correlation >= self.config.learn_correlation and lag <= self._size - _N:
+        if correlation >= self.config.learn_correlation and lag <= size - _N:
             self._learn(x, lag, ticks)
         if not quiet:
             return correlation >= self.config.echo_correlation
@@ -295,7 +288,7 @@ class EchoGuard:
         best = int(np.argmax(rho_plain))
         if float(rho_plain[best]) < self.config.learn_correlation:
             return False
-        delay = self._size - _N - best + ticks * _N
+        delay = size - _N - best + ticks * _N
         if self.delay_samples is not None and abs(delay - self.delay_samples) < _MOVED_PATH:
             return False
         self._learn(x, best, ticks)
@@ -303,11 +296,11 @@ class EchoGuard:
 
     # -- the path -------------------------------------------------------------------------------
     def _learn(self, x: _Float, lag: int, ticks: int) -> None:
-        segment = self._ring[self._pos + lag : self._pos + lag + _N]
+        segment = self.history.frame_at(lag)
         gain = float(np.dot(x, segment) / (np.dot(segment, segment) + 1e-9))
         if abs(gain) > _MAX_GAIN:
             return
-        delay = self._size - _N - lag + ticks * _N
+        delay = self.history.size - _N - lag + ticks * _N
         if self.delay_samples is None or abs(delay - self.delay_samples) > self.config.search_samples:
             self.gain = gain  # a new path: start over rather than average with the old one
         else:
@@ -334,19 +327,59 @@ class EchoGuard:
         threshold_db = min(self.config.residual_margin_db, max(_MOST_SENSITIVE_DB, threshold_db))
         self._threshold = 10 ** (threshold_db / 10)
 
+
+class OutboundHistory:
+    """The agent's last ``tail_ms`` of outbound audio (plus two frames), oldest first, and each
+    frame's peak: what an :class:`EchoGuard` searches for its echo.
+
+    A ring written twice (at ``i`` and ``i + size``) so the history, oldest first, is always the
+    contiguous slice ``ring[pos : pos + size]``: no copying per frame.
+    """
+
+    def __init__(self, tail_ms: float = 300.0, frame_ms: float = PTIME_MS) -> None:
+        self.tail_ms, self.frame_ms = tail_ms, frame_ms
+        self._frame = frame_ms / 1000
+        #: Frames of history: every delay up to the tail, plus one frame because an echo delayed
+        #: by a fraction of a frame straddles two, plus one for either call order within a tick.
+        self.frames = math.ceil(tail_ms / frame_ms - 1e-9) + 2
+        self.size = self.frames * _N
+        self.ring: _Float = np.zeros(2 * self.size)
+        self.pos = 0
+        self.peaks = [0.0] * self.frames
+        #: When the newest frame was sent (None: nothing yet).
+        self.last_out: float | None = None
+
+    def note(self, pcm: Pcm, now: float) -> None:
+        """The agent sent this frame at ``now``; ticks skipped since the last one were silence."""
+        if pcm.shape != (_N,):
+            raise ValueError(f"an outbound frame holds {_N} samples, got shape {pcm.shape}")
+        if self.last_out is not None:
+            missing = min(round((now - self.last_out) / self._frame) - 1, self.frames)
+            for _ in range(max(0, missing)):
+                self._write(None)
+        self._write(pcm)
+        self.last_out = now
+
+    def oldest_first(self) -> _Float:
+        """The whole history as one contiguous view, oldest sample first."""
+        return self.ring[self.pos : self.pos + self.size]
+
+    def frame_at(self, lag: int) -> _Float:
+        """The frame-long stretch starting ``lag`` samples into :meth:`oldest_first`."""
+        return self.ring[self.pos + lag : self.pos + lag + _N]
+
     def _write(self, pcm: Pcm | None) -> None:
-        """Append one frame (None: silence) to the history ring."""
-        pos, size = self._pos, self._size
+        pos, size = self.pos, self.size
         if pcm is None:
-            self._ring[pos : pos + _N] = 0.0
-            self._ring[pos + size : pos + size + _N] = 0.0
+            self.ring[pos : pos + _N] = 0.0
+            self.ring[pos + size : pos + size + _N] = 0.0
             peak = 0.0
         else:
-            self._ring[pos : pos + _N] = pcm
-            self._ring[pos + size : pos + size + _N] = pcm
+            self.ring[pos : pos + _N] = pcm
+            self.ring[pos + size : pos + size + _N] = pcm
             peak = float(max(int(pcm.max()), -int(pcm.min())))
-        self._peaks[pos // _N] = peak
-        self._pos = (pos + _N) % size
+        self.peaks[pos // _N] = peak
+        self.pos = (pos + _N) % size
 
 
 _ONES: _Float = np.ones(_N)

@@ -47,6 +47,7 @@ from .agent import Models
 from .llm import ChatSession, LlmError, _ChatBase
 from .pipeline import ModelLoadError, close_models, load_models_here, lower_thread_priority
 from .stt import Transcript
+from .tts import synthesize_whole
 
 log = logging.getLogger("sipagent.voice.inference")
 
@@ -85,6 +86,7 @@ class _Client:
         self._lock = threading.Lock()
         self._gone: str | None = None
         self._close_lock = threading.Lock()
+        self._join_lock = threading.Lock()
         self._closing = threading.Event()  # set: an exit from here on is the one close() asked for
         self._reader = threading.Thread(target=self._read, name="sipagent-inference-reader", daemon=True)
 
@@ -164,9 +166,17 @@ class _Client:
             if answers is not None:  # else: a job given up on (the call ended), its late answer
                 answers.put((message[0], *message[2:]))
 
+    def _join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the worker to exit; whether it has. One thread at a time:
+        two waiting at once race in waitpid(), and the loser's ECHILD reads as "still running"
+        (close() then warned and sent SIGKILL to a pid that was already reaped)."""
+        with self._join_lock:
+            self._process.join(timeout=timeout)
+            return not self._process.is_alive()
+
     def _worker_gone(self) -> str:
         """The worker's end of the pipe closed: fail everything waiting for it."""
-        self._process.join(timeout=1.0)
+        self._join(1.0)
         reason = f"the inference process exited (code {self._process.exitcode})"
         with self._send_lock, self._lock:
             self._gone = reason
@@ -180,11 +190,11 @@ class _Client:
         self._closing.set()
         with contextlib.suppress(InferenceError):
             self.send(("stop",))
-        self._process.join(timeout=_STOP_TIMEOUT_S)
-        if self._process.is_alive():
+        if not self._join(_STOP_TIMEOUT_S):
             log.warning("the inference process did not stop in %.0f s; killing it", _STOP_TIMEOUT_S)
-            self._process.kill()
-            self._process.join()
+            with self._join_lock:
+                self._process.kill()
+                self._process.join()
         # The worker is gone, so the reader sees the pipe end and closes it; closing it here first
         # would not wake a reader blocked in recv().
         self._reader.join(timeout=2.0)
@@ -226,9 +236,10 @@ class RemoteSynthesizer:
         self._client = client
 
     def synthesize(self, text: str) -> Iterator[npt.NDArray[np.int16]]:
-        """The chunks of ``text``, once all are made (the agent sends one sentence at a time)."""
-        chunks: list[npt.NDArray[np.int16]] = self._client.call("tts", text)
-        yield from chunks
+        """The audio of ``text`` as one chunk, once made (the agent sends one clause at a time)."""
+        audio: npt.NDArray[np.int16] = self._client.call("tts", text)
+        if audio.size:
+            yield audio
 
 
 class RemoteChat(_ChatBase):
@@ -298,13 +309,16 @@ def _spawn(settings: Settings) -> _Spawned:
     process.start()
     child_end.close()
     try:
-        while not parent_end.poll(0.2):
-            if not process.is_alive():
-                raise ModelLoadError(
-                    f"the inference process exited (code {process.exitcode}) while loading the models; "
-                    "its log is above"
-                )
-        first = parent_end.recv()
+        while not parent_end.poll(0.2) and process.is_alive():
+            pass
+        try:
+            first = parent_end.recv()
+        except EOFError:  # it died (poll() also returns when the pipe's far end closes)
+            process.join(timeout=1.0)
+            raise ModelLoadError(
+                f"the inference process exited (code {process.exitcode}) while loading the models; "
+                "its log is above"
+            ) from None
     except BaseException:
         process.kill()
         parent_end.close()
@@ -393,7 +407,7 @@ class _Worker:
         models = self._models
         handlers: dict[str, Callable[..., None]] = {
             "stt": lambda rid, pcm: self._submit(rid, models.transcriber.transcribe, pcm),
-            "tts": lambda rid, text: self._submit(rid, _synthesize_chunks, models, text),
+            "tts": lambda rid, text: self._submit(rid, synthesize_whole, models.synthesizer, text),
             "llm": self._reply,
             "cancel": self._cancel,
             "release": self._release,
@@ -458,7 +472,3 @@ class _Worker:
             session = self._sessions.pop(key, None)
         if session is not None:
             self._models.executor.submit(session.close)  # it waits for the model lock
-
-
-def _synthesize_chunks(models: Models, text: str) -> list[npt.NDArray[np.int16]]:
-    return list(models.synthesizer.synthesize(text))

@@ -89,7 +89,7 @@ class WhisperTranscriber:
         *,
         device: str = "cpu",
         compute_type: str = "int8",
-        cpu_threads: int = 0,
+        cpu_threads: int = 1,
         num_workers: int = 1,
         beam_size: int = 1,
         language: str | None = "en",

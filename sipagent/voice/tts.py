@@ -37,6 +37,13 @@ class Synthesizer(Protocol):
         ...
 
 
+def synthesize_whole(synthesizer: Synthesizer, text: str) -> npt.NDArray[np.int16]:
+    """All of ``text``'s audio as one array (empty for nothing to say): for a caller that speaks
+    one clause at a time and so wants no chunk before the last is made."""
+    parts = list(synthesizer.synthesize(text))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+
 class PiperSynthesizer:
     """A Piper voice (``.onnx`` + ``.onnx.json``), loaded once, resampled to 8 kHz per chunk."""
 
