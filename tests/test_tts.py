@@ -18,7 +18,7 @@ from sipagent.voice.models import (
     ROOT,
     resolve_model_path,
 )
-from sipagent.voice.tts import FakeSynthesizer, PiperSynthesizer
+from sipagent.voice.tts import FakeSynthesizer, PiperSynthesizer, synthesize_whole, trim_leading_silence
 from tests.model_gate import require_models
 
 VOICE = resolve_model_path(DEFAULT_TTS_VOICE)
@@ -63,6 +63,27 @@ def test_piper_output_is_intelligible_to_whisper(piper: PiperSynthesizer) -> Non
         return " ".join(re.sub(r"[^a-z ]", " ", value.lower().replace("3", "three")).split())
 
     assert jiwer.wer(norm(text), norm(heard)) <= 0.2, heard
+
+
+def test_a_reply_starts_at_its_first_word(piper: PiperSynthesizer) -> None:
+    """Piper leads with silence (400 ms before this phrase); trimmed, the voice starts within 10 ms."""
+    audio = synthesize_whole(piper, "He was not an old-soped")
+    trimmed = trim_leading_silence(audio)
+    lead = int(np.flatnonzero(np.abs(audio.astype(np.int32)) >= 64)[0])
+    assert lead >= 800  # the silence this is for: 100 ms or more here
+    assert len(audio) - len(trimmed) == lead - 80  # cut to 10 ms before the first louder sample
+    assert np.array_equal(trimmed, audio[lead - 80 :])
+
+
+def test_trimming_keeps_silence_and_audio_that_starts_at_once() -> None:
+    silent = np.zeros(800, dtype=np.int16)
+    assert trim_leading_silence(silent) is silent
+    loud = np.full(400, 1000, dtype=np.int16)
+    assert np.array_equal(trim_leading_silence(loud), loud)
+    onset = np.concatenate([np.zeros(40, dtype=np.int16), loud])  # 5 ms of silence: under the 10 kept
+    assert np.array_equal(trim_leading_silence(onset), onset)
+    late = np.concatenate([np.full(1000, 20, dtype=np.int16), loud])  # hiss under -54 dBFS, then voice
+    assert np.array_equal(trim_leading_silence(late), late[920:])
 
 
 def test_piper_says_nothing_for_empty_text(piper: PiperSynthesizer) -> None:

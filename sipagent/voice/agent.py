@@ -41,7 +41,7 @@ from .llm import ChatModel, ChatSession
 from .playback import Playback
 from .spoken import ChunkerConfig, SentenceChunker, SpokenFilter
 from .stt import Transcriber
-from .tts import Synthesizer, synthesize_whole
+from .tts import Synthesizer, synthesize_whole, trim_leading_silence
 from .turns import BargeIn, CallerResumed, EndOfTurn, PauseStarted, TurnConfig, TurnDetector
 from .vad import WebRtcVad
 
@@ -247,6 +247,8 @@ class _Responder:
         audio = await self.agent.in_worker(synthesize_whole, self.agent.models.synthesizer, chunk)
         if record.tts_first_audio_ms is None:
             record.tts_first_audio_ms = (clock() - t_tts) * 1000
+        if self.playback.frames_total == 0:
+            audio = trim_leading_silence(audio)  # the caller is waiting: start at the first word
         if audio.size:
             self.playback.add(chunk, audio)
 

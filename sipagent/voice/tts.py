@@ -37,6 +37,25 @@ class Synthesizer(Protocol):
         ...
 
 
+#: Below this peak (about -54 dBFS) a Piper sample is the silence it starts an utterance with.
+_LEAD_SILENCE_PEAK = 64
+#: Kept before the first louder sample: a soft onset ("h", "f") rises from below the threshold.
+_LEAD_KEEP_SAMPLES = 80  # 10 ms at 8 kHz
+
+
+def trim_leading_silence(pcm: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+    """``pcm`` without the silence Piper puts before the first word, up to 10 ms before it.
+
+    Piper starts an utterance with 20-60 ms of silence, and once in a while much more (400 ms
+    before "He was not ..."). At the start of a reply the caller waits through all of it.
+    Audio that is silent throughout comes back unchanged.
+    """
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) >= _LEAD_SILENCE_PEAK)
+    if loud.size == 0:
+        return pcm
+    return pcm[max(0, int(loud[0]) - _LEAD_KEEP_SAMPLES) :]
+
+
 def synthesize_whole(synthesizer: Synthesizer, text: str) -> npt.NDArray[np.int16]:
     """All of ``text``'s audio as one array (empty for nothing to say): for a caller that speaks
     one clause at a time and so wants no chunk before the last is made."""
