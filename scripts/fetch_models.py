@@ -30,7 +30,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 from sipagent.voice.models import DERIVED, MANIFEST, MODELS_DIR, DerivedModel, ModelFile, ModelWheel
 
@@ -152,7 +152,7 @@ def requantize_gguf(source: Path, dest: Path, gguf_type: str) -> None:
 
 
 @contextlib.contextmanager
-def _stderr_to(handle: Any) -> Iterator[None]:
+def _stderr_to(handle: IO[bytes]) -> Iterator[None]:
     """Point file descriptor 2 (where C libraries write) at ``handle`` for the duration."""
     sys.stderr.flush()
     saved = os.dup(2)

@@ -66,12 +66,13 @@ def test_piper_output_is_intelligible_to_whisper(piper: PiperSynthesizer) -> Non
 
 
 def test_a_reply_starts_at_its_first_word(piper: PiperSynthesizer) -> None:
-    """Piper leads with silence (400 ms before this phrase); trimmed, the voice starts within 10 ms."""
+    """Piper leads with silence (its length varies from run to run: 60-400 ms for this phrase);
+    trimmed, the voice starts 10 ms in, and nothing after that point changes."""
     audio = synthesize_whole(piper, "He was not an old-soped")
-    trimmed = trim_leading_silence(audio)
     lead = int(np.flatnonzero(np.abs(audio.astype(np.int32)) >= 64)[0])
-    assert lead >= 800  # the silence this is for: 100 ms or more here
-    assert len(audio) - len(trimmed) == lead - 80  # cut to 10 ms before the first louder sample
+    assert lead > 80  # the silence this is for: more than the 10 ms kept
+    trimmed = trim_leading_silence(audio)
+    assert int(np.flatnonzero(np.abs(trimmed.astype(np.int32)) >= 64)[0]) == 80
     assert np.array_equal(trimmed, audio[lead - 80 :])
 
 

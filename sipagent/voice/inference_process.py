@@ -308,17 +308,22 @@ def _spawn(settings: Settings) -> _Spawned:
     )
     process.start()
     child_end.close()
+
+    def died() -> ModelLoadError:
+        process.join(timeout=1.0)
+        return ModelLoadError(
+            f"the inference process exited (code {process.exitcode}) while loading the models; "
+            "its log is above"
+        )
+
     try:
-        while not parent_end.poll(0.2) and process.is_alive():
-            pass
+        while not parent_end.poll(0.2):
+            if not process.is_alive():
+                raise died()
         try:
             first = parent_end.recv()
-        except EOFError:  # it died (poll() also returns when the pipe's far end closes)
-            process.join(timeout=1.0)
-            raise ModelLoadError(
-                f"the inference process exited (code {process.exitcode}) while loading the models; "
-                "its log is above"
-            ) from None
+        except EOFError:  # poll() also returns when it died and its end of the pipe closed
+            raise died() from None
     except BaseException:
         process.kill()
         parent_end.close()

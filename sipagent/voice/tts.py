@@ -46,8 +46,8 @@ _LEAD_KEEP_SAMPLES = 80  # 10 ms at 8 kHz
 def trim_leading_silence(pcm: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
     """``pcm`` without the silence Piper puts before the first word, up to 10 ms before it.
 
-    Piper starts an utterance with 20-60 ms of silence, and once in a while much more (400 ms
-    before "He was not ..."). At the start of a reply the caller waits through all of it.
+    Piper starts an utterance with 20-60 ms of silence, and at random much more (68-400 ms
+    before "He was not ..." over five runs). At the start of a reply the caller waits through all of it.
     Audio that is silent throughout comes back unchanged.
     """
     loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) >= _LEAD_SILENCE_PEAK)
