@@ -272,7 +272,8 @@ class CallAgent:
         self.vad = WebRtcVad(self.config.vad_aggressiveness)
         self.echo = EchoGuard(self.config.echo)
         #: Caller voice that has arrived but not played yet, for the hold (see arrival_watch.py).
-        self.arrivals = ArrivalWatch(self.config.vad_aggressiveness, self.config.echo, self.echo.history)
+        own_vad = WebRtcVad(self.config.vad_aggressiveness)
+        self.arrivals = ArrivalWatch(own_vad, self.config.echo, self.echo.history)
         self.turns = TurnDetector(self.config.turn)
         self.chat_session = models.chat.new_session(self.config.system_prompt)
         self.turns_done = 0

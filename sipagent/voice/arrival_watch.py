@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ..rtp.frames import SAMPLE_RATE, SAMPLES_PER_FRAME, AudioFrame
 from .echo_guard import EchoConfig, EchoGuard, OutboundHistory
-from .vad import WebRtcVad
+from .vad import Vad
 
 #: A run longer than this (samples) is no run: the RTP timeline jumped between two frames.
 _LONGEST_RUN = 10 * SAMPLE_RATE
@@ -30,9 +30,10 @@ _LONGEST_RUN = 10 * SAMPLE_RATE
 class ArrivalWatch:
     """How long the caller has been talking in the audio that has arrived (see the module docstring)."""
 
-    def __init__(self, vad_aggressiveness: int, echo: EchoConfig, outbound: OutboundHistory) -> None:
-        """``outbound`` is what the agent sent (the played stream's guard's history, fed by it)."""
-        self.vad = WebRtcVad(vad_aggressiveness)
+    def __init__(self, vad: Vad, echo: EchoConfig, outbound: OutboundHistory) -> None:
+        """``vad`` is this stream's own (its state follows this stream); ``outbound`` is what the agent
+        sent (the played stream's guard's history, fed by it)."""
+        self.vad = vad
         self.echo = EchoGuard(echo, history=outbound)
         self._last_ts: int | None = None
         #: Tick time and RTP timestamp of the first frame of the current run of caller voice.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import webrtcvad
@@ -19,6 +20,14 @@ from ..rtp.frames import FRAME_SECONDS, SAMPLE_RATE, Pcm
 
 #: Below about -60 dBFS nothing is speech, whatever the floor says (digital silence, hold).
 _ABSOLUTE_FLOOR = 33.0
+
+
+class Vad(Protocol):
+    """A per-frame voice decision with state of its own (one instance per audio stream)."""
+
+    def is_speech(self, frame: Pcm) -> bool:
+        """True when the 20 ms frame (160 samples at 8 kHz) holds voice."""
+        ...
 
 
 class WebRtcVad:

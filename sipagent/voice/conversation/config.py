@@ -1,0 +1,58 @@
+"""How one call's conversation behaves: a small frozen object, built once from the settings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..echo_guard import EchoConfig
+from ..llm import DEFAULT_SYSTEM_PROMPT
+from ..spoken import ChunkerConfig
+from ..turns import TurnConfig
+
+
+@dataclass(frozen=True)
+class ConversationConfig:
+    """Per-call behaviour of the agent (the models are shared and configured elsewhere)."""
+
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    echo: EchoConfig = field(default_factory=EchoConfig)
+    vad_aggressiveness: int = 2
+    #: Caller voice (past the echo guard) over the agent for this long silences the line at once,
+    #: keeping the place; the turn detector then decides: barge-in (stop) or a blip (resume).
+    hold_after_ms: float = 60.0
+    #: Audio kept before the detected speech start, so STT hears the soft onset.
+    preroll_ms: float = 200.0
+    #: Longest caller turn transcribed (older audio is dropped).
+    max_turn_s: float = 30.0
+    #: Said when the call starts (None: wait for the caller).
+    greeting: str | None = None
+    #: How replies are cut for TTS. The first chunk ends at a clause after three words, else at a
+    #: word by 28 characters (about five words, 1.5 s of speech): every token waited for before it
+    #: is ~25 ms more to the first audio, and Piper's time grows with the chunk, while the LLM has
+    #: the next chunk ready long before those words have played.
+    chunker: ChunkerConfig = field(
+        default_factory=lambda: ChunkerConfig(first_min_words=3, first_max_chars=28)
+    )
+    #: The agent's instructions (the LLM's system prompt).
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    #: A model job that has not answered (or, for a reply, sent its next piece) in this long has
+    #: failed: the turn is given up and logged rather than left waiting for ever.
+    job_timeout_s: float = 15.0
+    #: Frames this much louder than the call's noise floor are speech, for the estimate of where the
+    #: caller's speech ended (:attr:`TurnRecord.speech_end_at`).
+    speech_end_margin_db: float = 9.0
+
+    def __post_init__(self) -> None:
+        for name in ("hold_after_ms", "preroll_ms", "max_turn_s", "job_timeout_s", "speech_end_margin_db"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"ConversationConfig.{name} must be a positive number, got {value!r}")
+        if not 0 <= self.vad_aggressiveness <= 3:
+            raise ValueError(
+                f"ConversationConfig.vad_aggressiveness must be 0-3, got {self.vad_aggressiveness}"
+            )
+        if self.greeting is not None and not self.greeting.strip():
+            raise ValueError("ConversationConfig.greeting must not be empty (None for no greeting)")
+        if not self.system_prompt.strip():
+            raise ValueError("ConversationConfig.system_prompt must not be empty")
