@@ -1,7 +1,8 @@
 """One call's media and behaviour: the RTP engine, the optional recording, and what the call does
 with the caller's audio: ``echo`` mode sends it straight back; ``agent`` mode hands every tick to
-the call's :class:`~sipagent.voice.agent.CallAgent` (the voice pipeline), which queues its replies
-on the same RTP session.
+the call's conversation (:class:`~sipagent.net.conversation.ConversationRunner` around the sans-IO
+:class:`~sipagent.voice.conversation.Conversation`), which queues its replies on the same RTP
+session.
 
 The SIP side of the call lives in the endpoint; the server connects the two by Call-ID.
 """
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .net.conversation import ConversationRunner, new_conversation_key
 from .net.media import MediaTransport
 from .net.media_clock import MediaClock
 from .rtp.events import DtmfReceived, MediaEvent, MediaTimeout, SourceChanged, SrtpRejected
@@ -24,7 +26,8 @@ from .rtp.frames import FrameKind, silence
 from .rtp.recorder import CallRecorder
 from .rtp.session import NegotiatedStream, RtpSession, RtpSessionConfig, Tick
 from .sip.events import Event
-from .voice.agent import AgentConfig, CallAgent, Models, TurnRecord
+from .voice.conversation import Conversation, ConversationConfig
+from .voice.inference import InferenceService
 
 log = logging.getLogger("sipagent.call")
 
@@ -42,9 +45,9 @@ class CallOptions:
     record_dir: Path | None = None
     #: Echo mode repeats received DTMF back as RFC 4733 events (so a peer can check ours).
     echo_dtmf: bool = True
-    #: Agent mode: the process-wide models and each call's agent behaviour.
-    models: Models | None = None
-    agent: AgentConfig | None = None
+    #: Agent mode: the models every call shares, and each call's conversation behaviour.
+    inference: InferenceService | None = None
+    conversation: ConversationConfig | None = None
 
 
 @dataclass(eq=False)  # a live call: identity, not value (the server keeps sets of them)
@@ -64,9 +67,8 @@ class Call:
     started: bool = False
     #: The loop's shared media clock (None: this call arms its own).
     clock: MediaClock | None = None
-    #: Agent mode: the voice pipeline, from the first negotiated media on.
-    agent: CallAgent | None = None
-    _agent_closed: asyncio.Task[None] | None = None
+    #: Agent mode: the conversation, from the first negotiated media on.
+    agent: ConversationRunner | None = None
 
     async def open(self) -> int:
         """Bind the media ports; returns the RTP port to put in SDP."""
@@ -123,21 +125,14 @@ class Call:
             self.session.send_frames([tick.inbound.samples])
 
     def _start_agent(self) -> None:
-        models = self.options.models
-        if models is None:
+        inference = self.options.inference
+        if inference is None:
             raise RuntimeError("agent mode without loaded models (Server.start loads them)")
-        self.agent = CallAgent(self.call_id, models, self.session, self.options.agent, on_turn=self._on_turn)
-        self.agent.greet(asyncio.get_running_loop().time())
-
-    def _on_turn(self, record: TurnRecord) -> None:
-        # CallAgent logs every field at info; this line is the one to grep for latency.
-        log.info(
-            "call %s turn %d latency: %s ms from the caller's last voiced frame to our first%s",
-            self.call_id,
-            record.turn,
-            "-" if record.tick_latency_ms is None else f"{record.tick_latency_ms:.0f}",
-            " (interrupted)" if record.interrupted else "",
+        conversation = Conversation(self.options.conversation, key=new_conversation_key())
+        self.agent = ConversationRunner(
+            self.call_id, conversation, self.session, inference, on_end_call=self.hangup
         )
+        self.agent.start()
 
     def _on_media_event(self, event: MediaEvent) -> None:
         if isinstance(event, DtmfReceived):
@@ -180,16 +175,7 @@ class Call:
             self.transport.close()
         if self.recorder is not None:
             self.recorder.close()
-        if self.agent is not None and self._agent_closed is None:
-            # Cancels the reply in progress and waits for its worker jobs (see wait_closed).
-            self._agent_closed = asyncio.get_running_loop().create_task(
-                self.agent.aclose(), name=f"agent-close-{self.call_id}"
-            )
+        if self.agent is not None:
+            self.agent.close()  # cancels its model jobs; nothing of the call keeps running
         self.ended.set()
         self.settled.set()
-
-    async def wait_closed(self) -> None:
-        """After :meth:`close`: wait until the call's pipeline has nothing running."""
-        if self._agent_closed is not None:
-            # Shielded: a caller's cancellation (server shutdown) must not cut the clean-up short.
-            await asyncio.shield(self._agent_closed)

@@ -107,7 +107,7 @@ def serve(config: Path | None, **options: Any) -> None:
 
 async def _serve(settings: Settings) -> None:
     from .server import Server
-    from .voice.pipeline import ModelLoadError
+    from .voice.inference import ModelLoadError
 
     server = Server(settings)
     try:
@@ -268,16 +268,17 @@ async def _replay_pipeline(
 ) -> None:
     from .replay.agent_replay import AgentReplay
     from .replay.echo_line import EchoLine
-    from .voice.pipeline import ModelLoadError, agent_config, close_models, load_models
+    from .server import conversation_config, inference_config
+    from .voice.inference import ModelLoadError, start_inference
 
     try:
-        models = await asyncio.to_thread(load_models, settings)
+        inference = await start_inference(inference_config(settings))
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from None
     try:
         echo = None
         if echo_db is not None:
             echo = EchoLine(leg.codec, return_loss_db=echo_db, delay_ms=echo_delay_ms)
-        await AgentReplay(leg, impairments, models, agent_config(settings), echo=echo).run(emit)
+        await AgentReplay(leg, impairments, inference, conversation_config(settings), echo=echo).run(emit)
     finally:
-        await asyncio.to_thread(close_models, models)
+        await inference.aclose()

@@ -321,22 +321,19 @@ class AgentSettings(_Section):
     #: Where the models run: ``process``, a process of their own, so their Python parts never hold
     #: the media loop's GIL (decision 0011); ``threads``, worker threads of the server's process.
     inference: Literal["process", "threads"] = "process"
-    #: Scheduling of the inference process (Linux): ``idle`` (SCHED_IDLE) runs the models only on
-    #: CPU time no normal task wants, so a waking media loop always preempts them (decision 0011);
-    #: ``normal`` runs them as ordinary tasks at ``inference_nice``, for boxes where other busy
-    #: programs would starve idle-class work.
-    inference_sched: Literal["idle", "normal"] = "idle"
+    #: Scheduling of the inference process (Linux): ``normal``, the normal class at
+    #: ``inference_nice``: the media loop wins a contended core and the models still get a bounded
+    #: share of it (decision 0015); ``idle`` (SCHED_IDLE): the models get only CPU time nothing else
+    #: wants, which starves them (and silences the agent) while other programs keep the cores busy.
+    inference_sched: Literal["idle", "normal"] = "normal"
     #: CPUs the inference process may run on (Linux; none: all). Keeping the models off the cores
     #: the media loop runs on (pin the server with ``taskset``) keeps them from delaying packets.
     inference_cpus: list[int] | None = None
     #: Worker threads for inference shared by every call (STT, LLM and TTS jobs).
     workers: int = Field(4, ge=1, le=64)
-    #: Nice value of the inference threads (Linux; 0 leaves them as they are). Higher than the event
-    #: loop's, so RTP pacing wins a contended core and models take what is left (decision 0009).
-    inference_nice: int = Field(10, ge=0, le=19)
-    #: CPython's GIL switch interval once the models are loaded (ms; none: CPython's 5). Lower makes
-    #: the media loop wait less for the models' Python parts and the models slower (decision 0009).
-    gil_switch_ms: float | None = Field(None, ge=0.1, le=100)
+    #: Nice value the models run at once loaded (Linux; they load at the server's own priority, so
+    #: start-up is quick however busy the box is): the media loop's 20 ms ticks win a contended core.
+    inference_nice: int = Field(5, ge=0, le=19)
 
     @model_validator(mode="after")
     def _pause_before_end(self) -> AgentSettings:

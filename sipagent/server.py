@@ -40,7 +40,11 @@ from .sip.events import (
 from .sip.registration import RegistrationConfig
 from .sip.session import CallState
 from .sip.uri import SipUri
-from .voice.agent import Models
+from .voice.conversation import ConversationConfig
+from .voice.echo_guard import EchoConfig
+from .voice.inference import Inference, InferenceConfig
+from .voice.spoken import ChunkerConfig
+from .voice.turns import TurnConfig
 
 log = logging.getLogger("sipagent")
 
@@ -66,10 +70,8 @@ class Server:
         self.media_clock: MediaClock | None = None
         self.registered = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Agent mode: the models every call shares (loaded by :meth:`start`).
-        self.models: Models | None = None
-        #: Ended calls whose pipeline is still returning its worker jobs.
-        self._closing: set[Call] = set()
+        #: Agent mode: the models every call shares (loaded by :meth:`start`, before any call).
+        self.inference: Inference | None = None
         self._allow = [
             ipaddress.ip_network(n, strict=False)
             for n in (settings.trunk.allow_from if settings.trunk else [])
@@ -78,7 +80,7 @@ class Server:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load the models (agent mode), bind listeners and attach to the trunk."""
-        if self.settings.mode == "agent" and self.models is None:
+        if self.settings.mode == "agent" and self.inference is None:
             await self._load_models()
         sip = self.settings.sip
         client_ssl = ssl.create_default_context()
@@ -132,16 +134,15 @@ class Server:
         gc.freeze()
 
     async def _load_models(self) -> None:
-        # Imported here: echo mode needs no inference runtimes at all.
-        from .voice.pipeline import agent_config, load_models
+        # Imported here: echo mode needs no model runtimes at all.
+        from .voice.inference import start_inference
 
         log.info("loading the voice models (stt %s, llm %s, tts %s)", self.settings.stt.model,
                  self.settings.llm.model, self.settings.tts.voice)  # fmt: skip
-        # Seconds of blocking native work: a worker thread keeps the loop (signals) responsive.
         # A model that cannot load raises ModelLoadError, naming it.
-        self.models = await asyncio.to_thread(load_models, self.settings)
-        self.call_options.models = self.models
-        self.call_options.agent = agent_config(self.settings)
+        self.inference = await start_inference(inference_config(self.settings))
+        self.call_options.inference = self.inference
+        self.call_options.conversation = conversation_config(self.settings)
 
     def _attach_trunk(self) -> None:
         trunk = self.settings.trunk
@@ -184,16 +185,11 @@ class Server:
             await asyncio.sleep(0.2)  # let BYEs and the un-REGISTER leave
         for task in list(self._tasks):
             task.cancel()
-        calls = [*self.calls.values(), *self._closing]
-        for call in calls:
+        for call in list(self.calls.values()):
             call.close()
-        # Every call's pipeline returns its worker jobs before the models go.
-        await asyncio.gather(*(call.wait_closed() for call in calls), return_exceptions=True)
-        if self.models is not None:
-            from .voice.pipeline import close_models
-
-            await asyncio.to_thread(close_models, self.models)
-            self.models = None
+        if self.inference is not None:
+            await self.inference.aclose()
+            self.inference = None
         if self.network is not None:
             await self.network.close()
 
@@ -234,17 +230,11 @@ class Server:
             if call is not None:
                 call.outcome = call.outcome or event
                 call.close()
-                self._closing.add(call)
-                self._spawn(self._forget_when_closed(call))
         elif isinstance(event, RegistrationSucceeded):
             log.info("registered %s for %d s", event.aor, event.expires)
             self.registered.set()
         elif isinstance(event, RegistrationFailed):
             log.warning("registration of %s failed: %d %s", event.aor, event.status, event.reason)
-
-    async def _forget_when_closed(self, call: Call) -> None:
-        await call.wait_closed()
-        self._closing.discard(call)
 
     def _hangup(self, call_id: str) -> None:
         assert self.endpoint is not None and self.network is not None
@@ -352,4 +342,41 @@ class Server:
         return call.outcome
 
 
-__all__ = ["Call", "Server"]
+def conversation_config(settings: Settings) -> ConversationConfig:
+    """Each call's conversation behaviour, from ``[agent]`` and ``[llm]``."""
+    agent = settings.agent
+    return ConversationConfig(
+        turn=TurnConfig(
+            min_speech_ms=agent.min_speech_ms,
+            min_barge_in_ms=agent.min_barge_in_ms,
+            pause_ms=agent.pause_ms,
+            end_of_turn_ms=agent.end_of_turn_ms,
+        ),
+        echo=EchoConfig(),
+        vad_aggressiveness=agent.vad_aggressiveness,
+        hold_after_ms=agent.hold_after_ms,
+        greeting=agent.greeting,
+        chunker=ChunkerConfig(
+            first_min_words=agent.first_chunk_min_words, first_max_chars=agent.first_chunk_max_chars
+        ),
+        system_prompt=settings.llm.system_prompt,
+    )
+
+
+def inference_config(settings: Settings) -> InferenceConfig:
+    """Where and how the models run, from ``[agent]``, ``[stt]``, ``[llm]`` and ``[tts]``."""
+    agent = settings.agent
+    return InferenceConfig(
+        stt=settings.stt,
+        llm=settings.llm,
+        tts=settings.tts,
+        where=agent.inference,
+        workers=agent.workers,
+        nice=agent.inference_nice,
+        sched=agent.inference_sched,
+        cpus=tuple(agent.inference_cpus) if agent.inference_cpus is not None else None,
+        log_level=settings.log_level.upper(),
+    )
+
+
+__all__ = ["Call", "Server", "conversation_config", "inference_config"]

@@ -1,8 +1,8 @@
 """The voice pipeline end to end with the real embedded models, on recorded human speech.
 
-Each fixture's caller leg is replayed in real time into a real :class:`CallAgent` through the media
-engine (:class:`~sipagent.replay.agent_replay.AgentReplay`): Whisper tiny.en, SmolLM2-135M and Piper
-run in worker threads while the loop paces RTP. Timing is asserted only where it is behaviour (the
+Each fixture's caller leg is replayed in real time into a real conversation through the media engine
+(:class:`~sipagent.replay.agent_replay.AgentReplay`): Whisper tiny.en, SmolLM2-135M and Piper run in
+the inference process while the loop paces RTP. Timing is asserted only where it is behaviour (the
 agent stops within two frames of deciding to); latency figures come from scripts/bench_latency.py.
 """
 
@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jiwer
 import pytest
+import pytest_asyncio
 
 from sipagent.config import build_settings
 from sipagent.replay.agent_replay import AgentReplay
@@ -23,10 +24,10 @@ from sipagent.replay.capture import load_caller_leg
 from sipagent.replay.echo_line import EchoLine
 from sipagent.replay.impair import Impairments
 from sipagent.replay.runner import ReplayEvent
-from sipagent.voice.agent import Models
+from sipagent.server import conversation_config, inference_config
+from sipagent.voice.conversation import ConversationConfig
+from sipagent.voice.inference import InferenceService, ProcessInference
 from sipagent.voice.models import DEFAULT_LLM_MODEL, DEFAULT_STT_MODEL, DEFAULT_TTS_VOICE, resolve_model_path
-from sipagent.voice.pipeline import agent_config, close_models, load_models
-from sipagent.voice.tts import PiperSynthesizer
 from tests.model_gate import require_models
 from tests.test_stt import _normalise
 
@@ -54,26 +55,36 @@ VOICED_PEAK = 200
 SETTINGS = build_settings({"llm": {"temperature": 0.0}})
 
 
-@pytest.fixture(scope="module")
-def models() -> Iterator[Models]:
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def _require() -> None:
     require_models(
         resolve_model_path(DEFAULT_STT_MODEL) / "model.bin",
         resolve_model_path(DEFAULT_LLM_MODEL),
         resolve_model_path(DEFAULT_TTS_VOICE),
     )
-    loaded = load_models(SETTINGS)
-    yield loaded
-    close_models(loaded)
 
 
-def _replay(
-    name: str, models: Models, *, echo: EchoLine | None = None
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def models() -> AsyncIterator[ProcessInference]:
+    _require()
+    service = await ProcessInference.start(inference_config(SETTINGS))
+    yield service
+    await service.aclose()
+
+
+async def _replay(
+    name: str,
+    models: InferenceService,
+    *,
+    echo: EchoLine | None = None,
+    config: ConversationConfig | None = None,
 ) -> tuple[AgentReplay, list[ReplayEvent]]:
     events: list[ReplayEvent] = []
-    runner = AgentReplay(
-        load_caller_leg(FIXTURES / name), Impairments(), models, agent_config(SETTINGS), echo=echo
-    )
-    asyncio.run(runner.run(events.append))
+    leg = load_caller_leg(FIXTURES / name)
+    runner = AgentReplay(leg, Impairments(), models, config or conversation_config(SETTINGS), echo=echo)
+    await runner.run(events.append)
     return runner, events
 
 
@@ -81,10 +92,10 @@ def _of(events: list[ReplayEvent], kind: str) -> list[dict[str, object]]:
     return [e.fields for e in events if e.event == kind]
 
 
-def test_human_speech_transcribed_and_every_turn_answered_aloud(models: Models) -> None:
+async def test_human_speech_transcribed_and_every_turn_answered_aloud(models: InferenceService) -> None:
     refs, hyps = [], []
     for name in SPEECH:
-        runner, events = _replay(name, models)
+        runner, events = await _replay(name, models)
         turns = MANIFEST[name].get("turns") or [{"transcript": MANIFEST[name]["transcript"]}]
         transcripts = [str(t["text"]) for t in _of(events, "transcript")]
         assert len(transcripts) == len(turns), (name, transcripts)
@@ -106,14 +117,13 @@ GREETING = (
 )
 
 
-def test_barge_in_stops_the_agent_within_two_frames_and_answers_the_caller(models: Models) -> None:
+async def test_barge_in_stops_the_agent_within_two_frames_and_answers_the_caller(
+    models: InferenceService,
+) -> None:
     # The caller talks over a long greeting (what the agent says does not depend on the LLM's whims),
     # at 0.76 s, and again at 6.17 s, perhaps over the reply to the first turn.
     settings = build_settings({"agent": {"greeting": GREETING}, "llm": {"temperature": 0.0}})
-    events: list[ReplayEvent] = []
-    leg = load_caller_leg(FIXTURES / "agent-barge-in.pcap")
-    runner = AgentReplay(leg, Impairments(), models, agent_config(settings))
-    asyncio.run(runner.run(events.append))
+    runner, events = await _replay("agent-barge-in.pcap", models, config=conversation_config(settings))
     barge = _of(events, "barge_in")
     assert barge and barge[0]["turn"] == 1, [e.as_json() for e in events]
     for event in barge:
@@ -123,7 +133,7 @@ def test_barge_in_stops_the_agent_within_two_frames_and_answers_the_caller(model
     assert greeting.interrupted and greeting.reply and greeting.reply != GREETING
     assert GREETING.startswith(greeting.reply.rstrip(".,"))  # the words heard, in order
     # The history keeps only what the caller heard of the cut greeting, then the caller's turns.
-    history = runner.agent.chat_session.history
+    history = runner.conversation.history
     assert history[0].role == "assistant" and history[0].text == greeting.reply
     onset = MANIFEST["agent-barge-in.pcap"]["turns"][0]["voice_activity_s"][0]
     # Heard where the fixture's voice starts, give or take the capture's 0.3 s of call set-up before
@@ -134,16 +144,16 @@ def test_barge_in_stops_the_agent_within_two_frames_and_answers_the_caller(model
     assert answered and "young man" in answered[0].transcript.lower(), runner.records
 
 
-def test_backchannel_and_cough_do_not_interrupt(models: Models) -> None:
+async def test_backchannel_and_cough_do_not_interrupt() -> None:
     # A slow voice (length_scale 2) makes even SmolLM2's shortest reply last past both interjections
     # (a word at 5.6 s, a cough at 6.9 s); the test checks that they did land on the agent's speech.
-    slow = Models(
-        transcriber=models.transcriber,
-        chat=models.chat,
-        synthesizer=PiperSynthesizer(resolve_model_path(DEFAULT_TTS_VOICE), length_scale=2.0),
-        executor=models.executor,
-    )
-    runner, events = _replay("agent-backchannel.pcap", slow)
+    _require()
+    slow = build_settings({"llm": {"temperature": 0.0}, "tts": {"length_scale": 2.0}})
+    service = await ProcessInference.start(inference_config(slow))
+    try:
+        runner, events = await _replay("agent-backchannel.pcap", service)
+    finally:
+        await service.aclose()
     interjections = MANIFEST["agent-backchannel.pcap"]["interjections"]
     over_agent = [i["kind"] for i in interjections if runner.agent_voice_at(float(i["at_s"]) - 0.04)]
     assert "backchannel" in over_agent, (over_agent, runner.records)
@@ -155,41 +165,36 @@ def test_backchannel_and_cough_do_not_interrupt(models: Models) -> None:
     assert record.holds <= len(interjections)
 
 
-def test_the_agents_own_echo_does_not_interrupt_it(models: Models) -> None:
+async def test_the_agents_own_echo_does_not_interrupt_it(models: InferenceService) -> None:
     setting = MANIFEST["agent-echo.pcap"]["echo"]
     echo = EchoLine("PCMU", return_loss_db=setting["return_loss_db"], delay_ms=setting["delay_ms"])
-    runner, events = _replay("agent-echo.pcap", models, echo=echo)
+    runner, events = await _replay("agent-echo.pcap", models, echo=echo)
     assert echo.mixed_peak > 500, "the echo line returned nothing: the test would prove nothing"
     assert not _of(events, "barge_in")
     assert len(runner.records) == 1 and not runner.records[0].interrupted, runner.records
     assert runner.records[0].holds == 0  # the line never even paused for it
 
 
-def test_a_call_ending_mid_turn_leaves_nothing_running(models: Models) -> None:
-    before = {t.ident for t in threading.enumerate()}
-
-    async def cut_short() -> AgentReplay:
-        leg = load_caller_leg(FIXTURES / "speech-librivox-0880.pcap")
-        runner = AgentReplay(leg, Impairments(), models, agent_config(SETTINGS))
-        task = asyncio.get_running_loop().create_task(runner.run(lambda event: None))
-        # The caller stops talking at ~3.3 s; by 3.7 s the reply is being prepared (STT, LLM).
-        await asyncio.sleep(3.7)
-        assert runner.agent.busy, "nothing was running mid-turn: the test would prove nothing"
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await runner.agent.aclose()
-        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        assert not others, others
-        return runner
-
-    runner = asyncio.run(cut_short())
-    assert not runner.agent.busy
-    assert runner.agent.chat_session.closed
-    # The worker pool's threads are the only threads (idle now); nothing else was started.
-    extra = [
-        t for t in threading.enumerate() if t.ident not in before and not t.name.startswith("sipagent-infer")
-    ]
-    assert not extra, extra
-    idle = models.executor.submit(lambda: "idle")
-    assert idle.result(timeout=5) == "idle"
+async def test_a_call_ending_mid_turn_leaves_nothing_running(models: ProcessInference) -> None:
+    threads_before = {t.ident for t in threading.enumerate()}
+    leg = load_caller_leg(FIXTURES / "speech-librivox-0880.pcap")
+    runner = AgentReplay(leg, Impairments(), models, conversation_config(SETTINGS))
+    task = asyncio.get_running_loop().create_task(runner.run(lambda event: None))
+    for _ in range(400):  # until the caller's turn is being answered (a job is out)
+        if runner.conversation.busy:
+            break
+        await asyncio.sleep(0.025)
+    assert runner.conversation.busy, "nothing was running mid-turn: the test would prove nothing"
+    task.cancel()  # the call ends
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert runner.agent is not None and runner.agent.closed and not runner.agent.busy
+    assert runner.conversation.closed and not runner.conversation.busy
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert not others, others
+    assert models.pending == 0  # every job of the call was cancelled with it
+    # Nothing of the call runs in this process: no thread was started for it.
+    assert {t.ident for t in threading.enumerate()} <= threads_before
+    # The models are free for the next call.
+    runner, _ = await _replay("speech-cards-001.pcap", models)
+    assert runner.records and runner.records[0].reply

@@ -94,12 +94,12 @@ def test_agent_mode_with_a_missing_model_names_it_and_exits(tmp_path: Path) -> N
 
 def test_the_first_chunk_settings_reach_the_agents_chunker() -> None:
     from sipagent.config import build_settings
-    from sipagent.voice.pipeline import agent_config
+    from sipagent.server import conversation_config
     from sipagent.voice.spoken import SentenceChunker
 
     short = {"agent": {"first_chunk_min_words": 2, "first_chunk_max_chars": 16}}
-    config = agent_config(build_settings(short))
+    config = conversation_config(build_settings(short))
     assert (config.chunker.first_min_words, config.chunker.first_max_chars) == (2, 16)
     first = SentenceChunker(config.chunker).feed("Thanks for calling the card shop today. ")[0]
     assert len(first) <= 16 and first.startswith("Thanks for")
-    assert agent_config(build_settings({})).chunker.first_max_chars == 28  # the default is unchanged
+    assert conversation_config(build_settings({})).chunker.first_max_chars == 28  # the default is unchanged

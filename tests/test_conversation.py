@@ -378,3 +378,70 @@ def test_the_engine_imports_no_clock_thread_socket_or_event_loop() -> None:
                 names = [node.module or ""]
             for name in names:
                 assert name.split(".")[0] not in forbidden, (path.name, name)
+
+
+# -- the hold, on real speech: caller voice holds the agent when it arrives, not when it plays -------
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _caller_frames(name: str) -> list[Pcm]:
+    from sipagent.replay.capture import load_caller_leg
+    from sipagent.rtp.g711 import decode_table
+
+    leg = load_caller_leg(FIXTURES / name)
+    table = decode_table(leg.codec)
+    return [table.take(np.frombuffer(p.packet.payload, dtype=np.uint8)) for p in leg.packets]
+
+
+def _greeting_held_at(caller: list[Pcm], onset: int, *, arrivals: bool) -> tuple[int, TurnRecord]:
+    """Play ``caller`` over a greeting behind a 100 ms jitter buffer (each frame arrives five ticks
+    before it plays) with the real WebRTC VAD and echo guard; the agent's voice is human speech
+    too. Returns the tick at which the agent fell silent, having checked it talked until then."""
+    conversation = Conversation(
+        ConversationConfig(greeting="Thanks for calling the card shop, how can I help?")
+    )
+    line = Line(conversation)
+    line.run(conversation.start(0.0))
+    agent_voice = np.concatenate(_caller_frames("speech-librivox-0890.pcap"))
+    line.answer(Synthesized(1, agent_voice[4000:28000].copy()))
+    line.answer(Synthesized(2, agent_voice[28000:48000].copy()))
+    ahead = 5
+    for tick, frame in enumerate(caller):
+        played = tick - ahead
+        inbound = caller[played] if played >= 0 else hiss()[0]
+        out = line.queue.pop(0) if line.queue else None
+        line.sent.append(out)
+        newest = AudioFrame(frame, FrameKind.VOICE, tick * SAMPLES_PER_FRAME) if arrivals else None
+        timestamp = max(played, 0) * SAMPLES_PER_FRAME
+        frame_in = Frame(AudioFrame(inbound, FrameKind.VOICE, timestamp), out, len(line.queue), newest)
+        line.run(conversation.on_frame(frame_in, line.now))
+        line.tick += 1
+    line.run(conversation.close(line.now))
+    record = conversation.records[0]
+    assert record.stop_decided_at is not None
+    decided = round(record.stop_decided_at / FRAME_SECONDS)
+    sent = [out is not None for out in line.sent]
+    assert all(sent[onset - 10 : onset])  # the greeting was playing when the caller started
+    assert not any(sent[decided + 1 :])  # silent from the tick after the decision on
+    return decided, record
+
+
+def test_caller_voice_holds_the_agent_when_it_arrives_not_when_it_plays() -> None:
+    from sipagent.voice.vad import WebRtcVad
+
+    speech = _caller_frames("speech-cards-002.pcap")
+    vad = WebRtcVad(2)
+    first_voiced = next(i for i, frame in enumerate(speech) if vad.is_speech(frame))
+    lead = 60 - first_voiced  # 1.2 s of line hiss while the greeting plays, then the caller
+    caller = hiss(lead) + speech[: first_voiced + 40]
+    onset = lead + first_voiced
+    early, with_arrivals = _greeting_held_at(caller, onset, arrivals=True)
+    late, without = _greeting_held_at(caller, onset, arrivals=False)
+    # The caller's voice reaches the agent five ticks before it plays: the hold came once 60 ms of
+    # it had arrived (three frames), not once that much had played.
+    assert onset <= early <= onset + 3
+    assert late >= early + 4
+    # Either way the onset logged is the caller's first voiced frame (its RTP timestamp).
+    for record in (with_arrivals, without):
+        assert record.caller_onset_rtp_ts is not None
+        assert abs(record.caller_onset_rtp_ts // SAMPLES_PER_FRAME - onset) <= 1

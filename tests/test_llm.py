@@ -20,7 +20,6 @@ from sipagent.config import ConfigError, build_settings
 from sipagent.voice.llm import (
     ChatSession,
     ChatTemplateError,
-    FakeChat,
     LlamaCppChat,
     LlmError,
     OpenAIChat,
@@ -28,6 +27,7 @@ from sipagent.voice.llm import (
     chat_model_from_settings,
 )
 from sipagent.voice.models import DEFAULT_LLM_MODEL, ROOT, resolve_model_path
+from tests.fakes import FakeChat
 from tests.model_gate import require_models
 
 MODEL = resolve_model_path(DEFAULT_LLM_MODEL)

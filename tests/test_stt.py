@@ -21,7 +21,8 @@ import pytest
 from sipagent.rtp.g711 import ulaw_decode, ulaw_encode
 from sipagent.voice.models import DEFAULT_STT_MODEL, resolve_model_path
 from sipagent.voice.resample import resample_int16
-from sipagent.voice.stt import FakeTranscriber, Transcript, WhisperTranscriber, _without_repeats
+from sipagent.voice.stt import Transcript, WhisperTranscriber, _without_repeats
+from tests.fakes import FakeTranscriber
 from tests.model_gate import require_models
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,8 @@ from sipagent.voice.models import (
     ROOT,
     resolve_model_path,
 )
-from sipagent.voice.tts import FakeSynthesizer, PiperSynthesizer, synthesize_whole, trim_leading_silence
+from sipagent.voice.tts import PiperSynthesizer, synthesize_whole, trim_leading_silence
+from tests.fakes import FakeSynthesizer
 from tests.model_gate import require_models
 
 VOICE = resolve_model_path(DEFAULT_TTS_VOICE)

@@ -2,9 +2,10 @@
 
 The caller's packets arrive on the loop's clock at their capture times (plus any impairments), go
 through the same :class:`~sipagent.rtp.session.RtpSession` a live call uses, and every 20 ms tick
-goes to a real :class:`~sipagent.voice.agent.CallAgent` whose replies leave through the session's
-pacer. Nothing is simulated but the network: the models run in their worker threads while the loop
-keeps pacing, exactly as in ``serve --mode agent``.
+goes to the same conversation a live call has (:class:`~sipagent.net.conversation.ConversationRunner`
+around :class:`~sipagent.voice.conversation.Conversation`), whose replies leave through the
+session's pacer. Nothing is simulated but the network: the models run where the configuration puts
+them (their own process by default) while the loop keeps pacing, exactly as in ``serve``.
 
 Per turn it emits ``transcript``, ``agent_text`` and ``turn_latency``; the latency is measured on
 the wire: from the arrival of the caller's last voiced RTP packet to the departure of the agent's
@@ -25,8 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from ..net.conversation import ConversationRunner, new_conversation_key
+from ..rtp.frames import SAMPLE_RATE
 from ..rtp.session import Tick
-from ..voice.agent import AgentConfig, CallAgent, Models, TurnRecord
+from ..voice.conversation import Conversation, ConversationConfig, TurnRecord
+from ..voice.inference import InferenceService
 from .capture import CallerLeg
 from .echo_line import EchoLine
 from .impair import Impairments
@@ -56,16 +60,19 @@ class AgentReplay(Replay):
         self,
         leg: CallerLeg,
         impairments: Impairments,
-        models: Models,
-        config: AgentConfig | None = None,
+        inference: InferenceService,
+        config: ConversationConfig | None = None,
         *,
         echo: EchoLine | None = None,
     ) -> None:
-        config = config or AgentConfig()
+        config = config or ConversationConfig()
         super().__init__(leg, impairments, vad_aggressiveness=config.vad_aggressiveness, answer=True)
         self.totals = AgentReplaySummary(packets=self.summary.packets, delivered=self.summary.delivered)
         self.summary = self.totals
-        self.agent = CallAgent("replay", models, self.session, config, on_turn=self._on_turn)
+        self.inference = inference
+        self.conversation = Conversation(config, key=new_conversation_key())
+        #: Made when the run starts (it lives on the loop).
+        self.agent: ConversationRunner | None = None
         self.echo = echo
         self.records: list[TurnRecord] = []
         self._emit: Callable[[ReplayEvent], None] = lambda event: None
@@ -90,15 +97,18 @@ class AgentReplay(Replay):
         self.totals.agent_voiced_frames += voiced
         if self.echo is not None:
             self.echo.note_sent(tick.time, out)
+        assert self.agent is not None
         self.agent.on_tick(tick)
         self.session.datagrams_to_send(tick.time)  # the packets would leave here; nobody listens
 
     def _may_end(self) -> bool:
-        idle = not self.agent.busy and self.session.queued_output == 0 and not self.agent.speaking
+        conversation = self.conversation
+        idle = not conversation.busy and self.session.queued_output == 0 and not conversation.speaking
         return idle or self.t0 + self._end_by < asyncio.get_running_loop().time()
 
     async def _finish_realtime(self, emit: Callable[[ReplayEvent], None]) -> ReplaySummary:
-        await self.agent.aclose()  # a reply still playing is recorded (interrupted by the hang-up)
+        assert self.agent is not None
+        self.agent.close()  # a reply still playing is recorded (interrupted by the hang-up)
         summary = self.totals
         summary.turns = len(self.records)
         summary.replies = sum(1 for r in self.records if r.first_voiced_out_at is not None)
@@ -108,8 +118,13 @@ class AgentReplay(Replay):
     async def run(self, emit: Callable[[ReplayEvent], None]) -> AgentReplaySummary:
         """The whole call in real time; events go to ``emit`` as they happen."""
         self._emit = emit
-        self.agent.greet(asyncio.get_running_loop().time())
-        await self.run_realtime(emit)
+        self.agent = ConversationRunner("replay", self.conversation, self.session, self.inference,
+                                        on_turn=self._on_turn)  # fmt: skip
+        try:
+            self.agent.start()
+            await self.run_realtime(emit)
+        finally:
+            self.agent.close()  # also when cancelled: nothing of the call keeps running
         return self.totals
 
     # -- measurements ----------------------------------------------------------------------------
@@ -142,11 +157,7 @@ class AgentReplay(Replay):
         last_in = self._arrival(record.last_voiced_rtp_ts)
         out = record.first_voiced_out_at
         wire = None if last_in is None or out is None else round((out - last_in) * 1000, 1)
-        stages = {
-            key: value
-            for key, value in record.as_dict().items()
-            if key.endswith("_ms") and key != "tick_latency_ms"
-        }
+        stages = {key: value for key, value in record.as_dict().items() if key.endswith("_ms")}
         self._emit(ReplayEvent("turn_latency", now, {"turn": turn, "wire_ms": wire, **stages}))
         if record.interrupted and record.stop_decided_at is not None:
             quiet = self._first_quiet_tick(record.stop_decided_at)
@@ -158,6 +169,21 @@ class AgentReplay(Replay):
                 "heard": record.reply,
             }
             self._emit(ReplayEvent("barge_in", record.stop_decided_at - self.t0, fields))
+
+    def arrival_of_audio(self, audio_time: float) -> float | None:
+        """When the packet carrying the caller's audio at ``audio_time`` (seconds into the caller's
+        RTP, as a fixture's manifest counts them) arrived, on the loop's clock."""
+        if not self._arrival_ts or not self.leg.packets:
+            return None
+        first = self.leg.packets[0].packet.timestamp  # audio time 0 (an impaired run may reorder it)
+        return self._arrival((first + round(audio_time * SAMPLE_RATE)) & 0xFFFFFFFF)
+
+    def wire_ms_from(self, audio_time: float, record: TurnRecord) -> float | None:
+        """From the arrival of the caller's audio at ``audio_time`` (the true end of a turn's speech)
+        to the departure of ``record``'s first voiced packet: the wait the caller hears."""
+        arrived = self.arrival_of_audio(audio_time)
+        out = record.first_voiced_out_at
+        return None if arrived is None or out is None else (out - arrived) * 1000
 
     def agent_voice_at(self, audio_time: float) -> bool:
         """Whether the agent's voice was going out when the caller's audio reached ``audio_time``

@@ -1,7 +1,7 @@
 """The agent's language model: one loaded model per process, one :class:`ChatSession` per call.
 
-A :class:`ChatModel` (:class:`LlamaCppChat` in-process, :class:`OpenAIChat` against a server,
-:class:`FakeChat` for tests) hands out sessions. A session keeps the call's (role, text) history and
+A :class:`ChatModel` (:class:`LlamaCppChat` in-process, :class:`OpenAIChat` against a server, a
+fake in ``tests/fakes.py``) hands out sessions. A session keeps the call's (role, text) history and
 streams each reply in pieces, checking a ``threading.Event`` between tokens (barge-in);
 :meth:`ChatSession.record_spoken` then cuts the assistant turn to what the caller heard.
 
@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -644,63 +644,6 @@ def _sse_content(line: str, url: str) -> str | None:
     except (KeyError, IndexError, TypeError, AttributeError):
         raise LlmError(f"{url} sent an unexpected stream chunk: {data[:100]!r}") from None
     return content if isinstance(content, str) else ""
-
-
-# Fake ------------------------------------------------------------
-class FakeChat(_ChatBase):
-    """Scripted replies streamed word by word, with optional delays; for tests of control flow.
-
-    ``replies`` are used in order (then ``default``), or computed from the history by a callable.
-    ``token_delay`` is slept before each word, like a model's wall time; cancellation is checked
-    between words as the real backends do.
-    """
-
-    def __init__(
-        self,
-        replies: Iterable[str] | Callable[[Sequence[Turn]], str] = (),
-        *,
-        token_delay: float = 0.0,
-        default: str = "Okay.",
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-    ) -> None:
-        """See the class docstring."""
-        self._script = None if callable(replies) else list(replies)
-        self._compute = replies if callable(replies) else None
-        self.token_delay = token_delay
-        self.default = default
-        self.system_prompt = system_prompt
-        self.sessions: list[ChatSession] = []
-        self._lock = threading.Lock()
-
-    def new_session(self, system_prompt: str | None = None) -> ChatSession:
-        """A new conversation; every one made is kept in :attr:`sessions` for assertions."""
-        self.sessions.append(session := super().new_session(system_prompt))
-        return session
-
-    def _stream(self, session: ChatSession, cancel: threading.Event | None) -> Generator[str, None, None]:
-        started = time.perf_counter()
-        with self._lock:
-            if self._compute is not None:
-                reply = self._compute(session.history)
-            else:
-                reply = self._script.pop(0) if self._script else self.default
-        first_token_s: float | None = None
-        sent = 0
-        cancelled = False
-        try:
-            for index, word in enumerate(reply.split(" ")):
-                if cancel is not None and cancel.is_set():
-                    cancelled = True
-                    break
-                if self.token_delay:
-                    time.sleep(self.token_delay)
-                first_token_s = first_token_s or time.perf_counter() - started
-                sent += 1
-                yield word if index == 0 else " " + word
-        finally:
-            session.last_stats = TurnStats(
-                None, None, None, sent, first_token_s, time.perf_counter() - started, cancelled
-            )
 
 
 def chat_model_from_settings(settings: LlmSettings) -> ChatModel:

@@ -1,7 +1,7 @@
 """Speech to text: one finished caller utterance (8 kHz int16) in, its text out.
 
 :class:`Transcriber` is the interface the pipeline uses; :class:`WhisperTranscriber` runs
-faster-whisper (CTranslate2) in-process and :class:`FakeTranscriber` answers from a script for tests of
+faster-whisper (CTranslate2) in-process and ``tests/fakes.py`` has a scripted fake for tests of
 timing and control flow.
 
 The pipeline segments speech itself (WebRTC VAD and end-of-turn), so each call here is one utterance:
@@ -19,9 +19,7 @@ model's working memory per worker).
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -308,40 +306,3 @@ def _collect(segments: Iterable[Any], duration: float) -> Transcript:
     text = " ".join(part for part in texts if part)
     avg_logprob = logprob_sum / token_count if token_count else 0.0
     return Transcript(text, no_speech if texts else 1.0, avg_logprob, duration)
-
-
-class FakeTranscriber:
-    """Answers from a script (or a function of the audio) after an optional delay; records its inputs.
-
-    For tests of the pipeline's timing and control flow: same interface as the real one, no model.
-    """
-
-    def __init__(
-        self,
-        replies: Iterable[str] | Callable[[npt.NDArray[np.int16]], str] = (),
-        *,
-        delay: float = 0.0,
-        default: str = "",
-    ) -> None:
-        """``replies`` are returned in order (then ``default``), or computed by a callable."""
-        self._script = None if callable(replies) else list(replies)
-        self._compute = replies if callable(replies) else None
-        self.delay = delay
-        self.default = default
-        self.calls: list[npt.NDArray[np.int16]] = []
-        self._lock = threading.Lock()
-
-    def transcribe(self, pcm_8k: npt.NDArray[np.int16]) -> Transcript:
-        """The next scripted text, after ``delay`` seconds (sleeping, like a model's wall time)."""
-        pcm = _check_pcm(pcm_8k)
-        with self._lock:
-            self.calls.append(pcm.copy())
-            if self._compute is not None:
-                text = self._compute(pcm)
-            elif self._script:
-                text = self._script.pop(0)
-            else:
-                text = self.default
-        if self.delay:
-            time.sleep(self.delay)
-        return Transcript(text, 0.0 if text else 1.0, -0.1 if text else 0.0, pcm.size / TELEPHONE_RATE)

@@ -1,7 +1,7 @@
 """Text to speech: text in, 8 kHz int16 audio out, streamed one sentence at a time.
 
 :class:`Synthesizer` is the interface the pipeline uses; :class:`PiperSynthesizer` runs a Piper voice
-(ONNX, phonemes from the espeak-ng bundled in piper-tts) in-process and :class:`FakeSynthesizer`
+(ONNX, phonemes from the espeak-ng bundled in piper-tts) in-process and ``tests/fakes.py`` has a fake that
 makes tones of a plausible length for tests of timing and control flow.
 
 ``synthesize`` is a lazy iterator: each ``next()`` synthesizes the next sentence, so the first audio
@@ -13,9 +13,6 @@ Run it on a worker thread: onnxruntime releases the GIL, and one loaded voice ma
 from __future__ import annotations
 
 import json
-import re
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -23,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .resample import TELEPHONE_RATE, to_telephone
+from .resample import to_telephone
 
 if TYPE_CHECKING:
     from ..config import TtsSettings
@@ -145,35 +142,3 @@ class PiperSynthesizer:
             return
         for chunk in self._voice.synthesize(text, syn_config=self._syn_config):
             yield to_telephone(chunk.audio_float_array, chunk.sample_rate)
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-class FakeSynthesizer:
-    """A 440 Hz tone per sentence, as long as speech of that length would be; records its inputs.
-
-    ``seconds_per_char`` (0.065 s, about 15 characters a second) sets the length, ``delay`` is slept
-    before each chunk like a model's wall time.
-    """
-
-    def __init__(self, *, seconds_per_char: float = 0.065, delay: float = 0.0, amplitude: int = 8000) -> None:
-        """See the class docstring."""
-        self.seconds_per_char = seconds_per_char
-        self.delay = delay
-        self.amplitude = amplitude
-        self.texts: list[str] = []
-        self._lock = threading.Lock()
-
-    def synthesize(self, text: str) -> Iterator[npt.NDArray[np.int16]]:
-        """A tone chunk per sentence of ``text``."""
-        with self._lock:
-            self.texts.append(text)
-        for sentence in _SENTENCE_END.split(text.strip()):
-            if not sentence:
-                continue
-            if self.delay:
-                time.sleep(self.delay)
-            count = max(1, round(len(sentence) * self.seconds_per_char * TELEPHONE_RATE))
-            phase = 2 * np.pi * 440.0 * np.arange(count) / TELEPHONE_RATE
-            yield (self.amplitude * np.sin(phase)).astype(np.int16)

@@ -201,6 +201,11 @@ class Conversation:
         return self._speaking is not None or bool(self._waiting)
 
     @property
+    def watching_arrivals(self) -> bool:
+        """A reply is on: give :class:`Frame` the newest arrived caller frame (for the hold)."""
+        return self._speaking is not None and not self._speaking.playback.done
+
+    @property
     def busy(self) -> bool:
         """Model jobs are out."""
         return bool(self._owners)

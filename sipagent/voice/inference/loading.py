@@ -1,0 +1,119 @@
+"""Loading the voice models once per process, warm, and what the inference layer is configured with.
+
+The models are loaded at start-up (seconds), warmed up with one tiny job each so the first caller
+does not pay for lazy initialisation (CTranslate2 and onnxruntime allocate on their first run), and
+shared by every call. Where they run (a process of their own, or threads of the server's) is
+:mod:`.process` and :mod:`.local`; both load through :func:`load_models`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from ..llm import ChatModel, chat_model_from_settings
+from ..stt import Transcriber, WhisperTranscriber
+from ..tts import PiperSynthesizer, Synthesizer
+
+if TYPE_CHECKING:
+    from ...config import LlmSettings, SttSettings, TtsSettings
+
+log = logging.getLogger("sipagent.voice")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the file or setting."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """What the inference layer needs: the three models' sections and how to run them."""
+
+    stt: SttSettings
+    llm: LlmSettings
+    tts: TtsSettings
+    #: ``process``: the models in a process of their own; ``threads``: in this one.
+    where: Literal["process", "threads"] = "process"
+    #: Jobs run at once, shared by every call.
+    workers: int = 4
+    #: Nice value the models run at once loaded (they load at the server's own priority).
+    nice: int = 5
+    #: ``idle``: the inference process in SCHED_IDLE (only CPU time nothing else wants; starves
+    #: when other programs keep the cores busy). ``normal``: the normal class at ``nice``.
+    sched: Literal["normal", "idle"] = "normal"
+    #: CPUs the inference process may run on (None: all).
+    cpus: tuple[int, ...] | None = None
+    log_level: str = "INFO"
+
+
+@dataclass
+class LoadedModels:
+    """The models of this process, loaded once and shared by every call."""
+
+    transcriber: Transcriber
+    chat: ChatModel
+    synthesizer: Synthesizer
+
+    def close(self) -> None:
+        """Free what the models hold (the LLM's context; the others are freed with the process)."""
+        self.chat.close()
+
+
+def load_models(config: InferenceConfig) -> LoadedModels:
+    """Load STT, LLM and TTS here and warm them up (blocking, seconds: call it off the event loop).
+    Raises :class:`ModelLoadError` naming what could not be loaded."""
+    started = time.perf_counter()
+    try:
+        transcriber = WhisperTranscriber.from_settings(config.stt)
+        synthesizer = PiperSynthesizer.from_settings(config.tts)
+        chat = chat_model_from_settings(config.llm)
+    except (OSError, RuntimeError, ValueError) as exc:  # missing files, bad template, no CUDA
+        raise ModelLoadError(f"cannot load the voice models: {exc}") from exc
+    # Half a second of faint noise: the first transcription allocates the encoder's buffers.
+    rng = np.random.default_rng(0)
+    transcriber.transcribe((rng.normal(0, 30, 4000)).astype(np.int16))
+    for _ in synthesizer.synthesize("Hello."):
+        pass
+    log.info(
+        "voice models ready in %.1f s: stt %s, llm %s, tts %s",
+        time.perf_counter() - started,
+        _name(config.stt.model),
+        f"openai {config.llm.openai.model}"
+        if config.llm.backend == "openai" and config.llm.openai is not None
+        else _name(config.llm.model),
+        _name(config.tts.voice),
+    )
+    return LoadedModels(transcriber=transcriber, chat=chat, synthesizer=synthesizer)
+
+
+def _name(path: Path) -> str:
+    return path.name
+
+
+def set_thread_nice(nice: int, thread_id: int | None = None) -> None:
+    """Give one thread (default: the calling one) the nice value ``nice`` (Linux: nice is per
+    thread; elsewhere, or not allowed: nothing). Threads started later by that thread inherit it."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, thread_id or threading.get_native_id(), nice)
+
+
+def set_process_nice(nice: int) -> None:
+    """Every thread of this process at nice ``nice`` (Linux reads them from /proc/self/task), so
+    the pools the model runtimes started while loading follow too."""
+    try:
+        tasks = [int(name) for name in os.listdir("/proc/self/task")]
+    except OSError:
+        tasks = [threading.get_native_id()]
+    for task in tasks:
+        set_thread_nice(nice, task)
+
+
+__all__ = ["InferenceConfig", "LoadedModels", "ModelLoadError", "load_models", "set_process_nice"]
