@@ -1,11 +1,11 @@
 """The phone agent's fixtures: barge-in, interjections that must not interrupt, and echo.
 
 Built by ``scripts/make_fixtures.py`` (which registers :data:`AGENT_FIXTURES` in its ``FIXTURES``)
-with its helpers, so they are deterministic to the byte like the others. Only the caller's leg is in
-a capture; the agent's voice exists only when a test replays the call against sipagent. The agent
-answers ~0.8-1.3 s after the caller's voice stops (:data:`REPLY_AFTER_S`) and then talks for
-several seconds, so whatever the caller sends a couple of seconds after an utterance is heard
-*while the agent is talking*:
+from the helpers in ``scripts/fixturekit.py``, so they are deterministic to the byte like the
+others. Only the caller's leg is in a capture; the agent's voice exists only when a test replays
+the call against sipagent. The agent answers ~0.8-1.3 s after the caller's voice stops
+(:data:`REPLY_AFTER_S`) and then talks for several seconds, so whatever the caller sends a
+couple of seconds after an utterance is heard *while the agent is talking*:
 
 * ``agent-barge-in``: utterance A, 2.5 s of line noise (the agent has been talking for a second or
   more by its end), utterance B over the agent's reply, 4 s of noise for the agent to answer B.
@@ -24,7 +24,7 @@ import zlib
 from typing import Any
 
 import numpy as np
-from make_fixtures import (
+from fixturekit import (
     FULL_SCALE,
     LEAD_S,
     RATE,

@@ -5,7 +5,9 @@ Every capture is one complete inbound call, as a carrier would deliver it to sip
 an SDP offer (PCMU 0, PCMA 8, telephone-event 101), 100/180/200 with the answer from a fixed
 "sipagent" address, ACK, the caller's RTP leg (20 ms PCMU packets) and BYE/200. Only the caller's
 leg is synthetic; captures of real peers talking to sipagent (both legs) come from
-``scripts/record_fixtures.py``. The phone agent's fixtures (``agent-*``) are in ``agent_fixtures.py``.
+``scripts/record_fixtures.py``. The phone agent's fixtures (``agent-*``) are in ``agent_fixtures.py``;
+the signal helpers, the fixture type and the builders' inputs shared with it are in ``fixturekit.py``
+(this script imports both, and neither imports it back).
 
 The output is deterministic, byte for byte: fixed start time, addresses, ports, Call-IDs and SSRCs,
 and seeded noise from numpy's legacy ``RandomState``, whose streams numpy promises never to change
@@ -35,12 +37,35 @@ import tempfile
 import wave
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
+from agent_fixtures import AGENT_FIXTURES
+from fixturekit import (
+    FRAME,
+    FULL_SCALE,
+    LEAD_S,
+    TRAIL_S,
+    CallAudio,
+    DtmfEvent,
+    Fixture,
+    Signal,
+    dbfs,
+    fade,
+    noise,
+    noise_floor,
+    pad_to_frames,
+    padded_speech,
+    resample,
+    to_pcm,
+    voice_span,
+)
+
+# Re-exported (``as``): scripts/record_fixtures.py uses them as ``make_fixtures.<name>``.
+from fixturekit import PTIME_MS as PTIME_MS
+from fixturekit import RATE as RATE
+from fixturekit import BuildContext as BuildContext
 
 from sipagent.pcapio import UdpDatagram, write_udp
 from sipagent.rtp import g711
@@ -53,16 +78,10 @@ DEFAULT_OUT = REPO / "fixtures"
 DEFAULT_SPEECH_DIR = REPO.parent / "shared" / "speech"
 MANIFEST = "manifest.json"
 
-Pcm = npt.NDArray[np.int16]
-Signal = npt.NDArray[np.float64]
 Endpoint = tuple[str, int]
 
-RATE = 8000
-PTIME_MS = 20
-FRAME = RATE * PTIME_MS // 1000  # 160 samples per packet
 PT_PCMU = 0
 PT_EVENT = 101
-FULL_SCALE = 32767.0
 
 #: 2023-11-14 22:13:20 UTC: every call starts here.
 START_TIME = 1_700_000_000.0
@@ -87,119 +106,12 @@ EVENT_SLOTS = EVENT_UPDATES + EVENT_END_REPEATS - 1  # the 5th update is the fir
 EVENT_VOLUME = 10  # -10 dBm0
 DTMF_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B": 13, "C": 14, "D": 15}
 
-LEAD_S = TRAIL_S = 0.5
 ESPEAK = "espeak-ng"
 ESPEAK_TEXT = "Hello, I would like to check the balance on account number four five six seven."
 ESPEAK_ARGS = ("-v", "en-us", "-s", "150")
 
 
-# --- signals ----------------------------------------------------------------------------------------
-
-
-def resample(x: Signal, rate_in: int, rate_out: int) -> Signal:
-    """Band-limited resampling by Kaiser-windowed sinc interpolation (no scipy in the venv).
-
-    Low-pass at 3.65 kHz for an 8 kHz output (inside the 4 kHz Nyquist limit, ~340 Hz transition
-    band, ~80 dB stop band), so 16 kHz → 8 kHz is an anti-aliased decimation and espeak-ng's
-    22.05 kHz works the same way.
-    """
-    if rate_in == rate_out:
-        return x.copy()
-    cutoff = min(rate_in, rate_out) / 2 * 0.9125  # Hz
-    half = math.ceil(0.008 * rate_in)  # input samples each side (8 ms)
-    beta = 8.0
-    fc = cutoff / rate_in  # cycles per input sample
-    n_out = len(x) * rate_out // rate_in
-    padded = np.concatenate([np.zeros(half + 1), x, np.zeros(half + 2)])
-    offsets = np.arange(-half, half + 1)
-    out = np.empty(n_out, dtype=np.float64)
-    for start in range(0, n_out, 4096):
-        n = np.arange(start, min(start + 4096, n_out))
-        # Exact rational positions: output n sits at input n·rate_in/rate_out.
-        base = (n * rate_in) // rate_out
-        frac = (n * rate_in - base * rate_out) / rate_out
-        dist = frac[:, None] - offsets[None, :]
-        window = np.i0(beta * np.sqrt(np.clip(1 - (dist / (half + 1)) ** 2, 0, None))) / np.i0(beta)
-        kernel = 2 * fc * np.sinc(2 * fc * dist) * window
-        taps = padded[(base + half + 1)[:, None] + offsets[None, :]]
-        out[n] = np.sum(taps * kernel, axis=1)
-    return out
-
-
-def to_pcm(x: Signal) -> Pcm:
-    """Round and clip to 16-bit."""
-    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
-
-
-def frame_rms(x: Signal) -> Signal:
-    """RMS of each whole 20 ms frame."""
-    frames = x[: len(x) // FRAME * FRAME].reshape(-1, FRAME)
-    return np.asarray(np.sqrt(np.mean(frames * frames, axis=1)), dtype=np.float64)
-
-
-def noise_floor(x: Signal) -> float:
-    """The clip's background level: 10th percentile of its frame RMS, kept within -65…-45 dBFS."""
-    floor = float(np.percentile(frame_rms(x), 10))
-    return float(np.clip(floor, FULL_SCALE * 10 ** (-65 / 20), FULL_SCALE * 10 ** (-45 / 20)))
-
-
-def noise(rng: np.random.RandomState, seconds: float, rms: float) -> Signal:
-    """Gaussian noise of ``rms``: a line's background hiss, never digital zeros (VAD realism)."""
-    return np.asarray(rng.standard_normal(round(seconds * RATE)) * rms, dtype=np.float64)
-
-
-def dbfs(rms: float) -> float:
-    """RMS in 16-bit units to dB relative to a full-scale sine's peak."""
-    return round(20 * math.log10(max(rms, 1e-9) / FULL_SCALE), 1)
-
-
-def load_speech(path: Path) -> Signal:
-    """A 16 kHz mono 16-bit clip (WAV, or raw little-endian) resampled to 8 kHz."""
-    if path.suffix == ".wav":
-        with wave.open(str(path), "rb") as src:
-            if (src.getnchannels(), src.getsampwidth()) != (1, 2):
-                raise SystemExit(f"{path}: expected mono 16-bit WAV")
-            rate, raw = src.getframerate(), src.readframes(src.getnframes())
-    else:
-        rate, raw = 16000, path.read_bytes()
-    return resample(np.frombuffer(raw, dtype="<i2").astype(np.float64), rate, RATE)
-
-
-def pad_to_frames(x: Signal, rng: np.random.RandomState, rms: float) -> Signal:
-    """Extend with noise to a whole number of 20 ms frames."""
-    missing = -len(x) % FRAME
-    return np.concatenate([x, noise(rng, missing / RATE, rms)]) if missing else x
-
-
-def voice_span(x: Signal, start_s: float) -> list[float]:
-    """[first, last] second (call audio time) of frames above -40 dBFS, for VAD/turn tests."""
-    active = np.flatnonzero(frame_rms(x) > FULL_SCALE * 10 ** (-40 / 20))
-    if not len(active):
-        return []
-    return [
-        round(start_s + active[0] * PTIME_MS / 1000, 2),
-        round(start_s + (active[-1] + 1) * PTIME_MS / 1000, 2),
-    ]
-
-
 # --- a call ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DtmfEvent:
-    """An RFC 4733 event starting at audio frame ``slot``."""
-
-    digit: str
-    slot: int
-
-
-@dataclass
-class CallAudio:
-    """What the caller sends: PCM (a whole number of frames) and events that replace some frames."""
-
-    pcm: Pcm
-    events: list[DtmfEvent] = field(default_factory=list)
-    manifest: dict[str, Any] = field(default_factory=dict)
 
 
 def event_payload(digit: str, duration: int, end: bool) -> bytes:
@@ -351,65 +263,6 @@ def call_datagrams(name: str, audio: CallAudio) -> tuple[list[UdpDatagram], int,
 # --- the fixtures -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Fixture:
-    """One capture: its name, what it is, and how to build its caller audio."""
-
-    name: str
-    description: str
-    build: Callable[[BuildContext], CallAudio]
-    needs: str | None = None  # an external program
-
-    @property
-    def file(self) -> str:
-        """The capture's file name in fixtures/."""
-        return f"{self.name}.pcap"
-
-
-@dataclass(frozen=True)
-class BuildContext:
-    """Inputs shared by the builders."""
-
-    speech_dir: Path
-
-    def speech(self, clip: str) -> Signal:
-        """A clip of shared/speech at 8 kHz."""
-        candidates = [self.speech_dir / f"{clip}.wav", self.speech_dir / f"{clip}.raw"]
-        for path in candidates:
-            if path.is_file():
-                return load_speech(path)
-        raise SystemExit(f"speech clip {clip!r} not found in {self.speech_dir} (see --speech-dir)")
-
-    def transcript(self, clip: str) -> str | None:
-        """The clip's reference transcript from shared/speech, or None where there is none."""
-        if clip == "goforward":
-            return "go forward ten meters"  # shared/speech/README.md; there is no .txt for it
-        if clip.startswith("cards-"):
-            lines = (self.speech_dir / "cards.txt").read_text().splitlines()
-            wanted = clip.split("-", 1)[1]
-            for line in lines:
-                clip_id, _, text = line.strip().partition(" ")
-                if clip_id == wanted:
-                    return text.strip()
-            raise SystemExit(f"no reference for {clip} in cards.txt")
-        path = self.speech_dir / f"{clip}.txt"
-        return path.read_text().strip() if path.is_file() else None
-
-
-def padded_speech(name: str, speech: Signal) -> tuple[Pcm, dict[str, Any]]:
-    """``speech`` with LEAD_S/TRAIL_S of noise at the clip's own background level."""
-    rng = np.random.RandomState(zlib.crc32(f"noise:{name}".encode()))
-    floor = noise_floor(speech)
-    body = np.concatenate([noise(rng, LEAD_S, floor), speech, noise(rng, TRAIL_S, floor)])
-    body = pad_to_frames(body, rng, floor)
-    info = {
-        "speech_at_s": [LEAD_S, round(LEAD_S + len(speech) / RATE, 3)],
-        "voice_activity_s": voice_span(speech, LEAD_S),
-        "noise_dbfs": dbfs(floor),
-    }
-    return to_pcm(body), info
-
-
 def speech_builder(clip: str) -> Callable[[BuildContext], CallAudio]:
     """The builder of ``speech-<clip>``: the clip padded with noise, and its transcript."""
 
@@ -480,16 +333,6 @@ def build_dtmf(ctx: BuildContext) -> CallAudio:
         "noise_dbfs": dbfs(floor),
     }
     return CallAudio(pcm, events, info)
-
-
-def fade(x: Signal, seconds: float = 0.01) -> Signal:
-    """Raised-cosine fade-in and fade-out of ``seconds`` at the ends of ``x``."""
-    n = round(seconds * RATE)
-    ramp = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, n))
-    x = x.copy()
-    x[:n] *= ramp
-    x[-n:] *= ramp[::-1]
-    return x
 
 
 def build_tone_sweep(ctx: BuildContext) -> CallAudio:
@@ -575,10 +418,6 @@ def build_espeak(ctx: BuildContext) -> CallAudio:
     }
     return CallAudio(pcm, manifest=info)
 
-
-# agent_fixtures.py imports the helpers above: as __main__, be make_fixtures too (not a second copy).
-sys.modules.setdefault("make_fixtures", sys.modules[__name__])
-from agent_fixtures import AGENT_FIXTURES  # noqa: E402
 
 #: The human speech clips in shared/speech (16 kHz WAV, or raw for goforward and numbers).
 SPEECH_CLIPS: tuple[str, ...] = ("librivox-0870", "librivox-0880", "librivox-0890", "cards-001", "cards-002")
