@@ -27,9 +27,10 @@ $(VENV)/bin/python:
 # llama-cpp-python comes first: PyPI has it as source only, so pip would otherwise compile it on every
 # fresh venv. The script builds it once per machine into ~/.cache/sipagent/wheels (5-7 min on 2
 # cores; SIPAGENT_WHEEL_CACHE moves it) and installs from there in seconds afterwards.
-# setup.py compiles the media engine's per-packet modules and its asyncio adapter (mypyc): an edit
-# to one of them rebuilds.
-COMPILED := setup.py $(wildcard sipagent/rtp/*.py) sipagent/net/media.py sipagent/net/media_clock.py
+# setup.py compiles the modules listed in sipagent/compiled_modules.txt (mypyc): an edit to one of
+# them, or to the list, rebuilds.
+COMPILED_LIST := sipagent/compiled_modules.txt
+COMPILED := setup.py $(COMPILED_LIST) $(shell sed 's/\#.*//' $(COMPILED_LIST))
 
 $(STAMP): pyproject.toml $(COMPILED) $(VENV)/bin/python scripts/build-llama-wheel.sh
 	$(BIN)/python -m pip install -q --upgrade pip

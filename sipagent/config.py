@@ -24,13 +24,14 @@ from pydantic import (
     model_validator,
 )
 
+from .errors import SipAgentError
 from .sip.errors import RemoteProtocolError
 from .sip.uri import SipUri
 from .voice.llm import DEFAULT_SYSTEM_PROMPT
 from .voice.models import DEFAULT_LLM_MODEL, DEFAULT_STT_MODEL, DEFAULT_TTS_VOICE, resolve_model_path
 
 
-class ConfigError(Exception):
+class ConfigError(SipAgentError):
     """The configuration cannot be used; the message names each bad key and the problem."""
 
 

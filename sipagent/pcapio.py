@@ -14,10 +14,12 @@ from pathlib import Path
 
 import dpkt
 
+from .errors import SipAgentError
+
 Endpoint = tuple[str, int]
 
 
-class PcapError(ValueError):
+class PcapError(SipAgentError, ValueError):
     """The file is not a readable pcap capture."""
 
 

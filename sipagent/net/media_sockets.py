@@ -11,12 +11,14 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
+from ..errors import SipAgentError
+
 log = logging.getLogger("sipagent.rtp")
 
 Addr = tuple[str, int]
 
 
-class PortRangeExhausted(RuntimeError):
+class PortRangeExhausted(SipAgentError, RuntimeError):
     """No free even/odd port pair is left in the configured RTP range."""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import SipAgentError
 from ..pcapio import Endpoint, UdpDatagram, read_udp
 from ..rtp.packet import RtpPacket, RtpParseError, is_rtcp_packet
 from ..sip.errors import RemoteProtocolError
@@ -21,7 +22,7 @@ from ..sip.sdp import SessionDescription, parse_sdp
 _STATIC_CODECS = {0: "PCMU", 8: "PCMA"}
 
 
-class CaptureError(ValueError):
+class CaptureError(SipAgentError, ValueError):
     """The capture holds no usable caller RTP."""
 
 

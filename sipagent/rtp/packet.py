@@ -25,6 +25,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..errors import SipAgentError
+
 __all__ = ["RTP_VERSION", "RtpHeaderExtension", "RtpPacket", "RtpParseError", "is_rtcp_packet"]
 
 #: The only RTP version in use (RFC 3550).
@@ -39,7 +41,7 @@ _CSRC = tuple(struct.Struct(f"!{count}I") for count in range(16))
 _Buffer = bytes | bytearray | memoryview
 
 
-class RtpParseError(ValueError):
+class RtpParseError(SipAgentError, ValueError):
     """The datagram is not a well-formed RTP packet."""
 
 

@@ -33,6 +33,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from sipagent.errors import SipAgentError
 from sipagent.rtp.packet import RtpPacket
 
 RTCP_SR = 200
@@ -61,7 +62,7 @@ _BLOCK = struct.Struct("!IIIIII")  # SSRC, fraction|lost, highest seq, jitter, L
 _Buffer = bytes | bytearray | memoryview
 
 
-class RtcpParseError(ValueError):
+class RtcpParseError(SipAgentError, ValueError):
     """The datagram is not a well-formed RTCP compound packet."""
 
 

@@ -27,7 +27,7 @@ Rules, in one place:
   parameters are kept and ignored. The lifetime is kept but not enforced: it bounds the *sender's*
   use of its own key, so honouring it is the peer's job (by re-keying in a re-INVITE, which
   :meth:`SrtpSession.update` follows); our own lines state none (SRTP's 2^48 applies).
-  The error is a plain ``ValueError`` rather than a SIP error because a bad ``a=crypto`` line is
+  The error is a ``ValueError`` rather than a SIP error because a bad ``a=crypto`` line is
   not a malformed SDP (400): RFC 4568 has the answerer skip it and reject the stream (488) only
   when no line is usable, which is the SDP layer's decision.
 * **Network input never raises.** :meth:`SrtpSession.unprotect` and
@@ -64,6 +64,8 @@ from typing import Final
 
 import pylibsrtp
 
+from ..errors import SipAgentError
+
 __all__ = [
     "KEY_SALT_LENGTH",
     "CryptoAttribute",
@@ -95,11 +97,11 @@ _REPLAYS: Final = frozenset({"replay check failed (bad index)", "replay check fa
 _Buffer = bytes | bytearray | memoryview
 
 
-class CryptoAttributeError(ValueError):
+class CryptoAttributeError(SipAgentError, ValueError):
     """An ``a=crypto`` value we cannot use: malformed, or asking for something unsupported."""
 
 
-class SrtpError(Exception):
+class SrtpError(SipAgentError):
     """Protecting one of *our* packets failed: a bug in the caller, never the peer's doing."""
 
 

@@ -15,8 +15,10 @@ Every error says who broke the rule and, where a peer did, which status to answe
 
 from __future__ import annotations
 
+from ..errors import SipAgentError
 
-class SipError(Exception):
+
+class SipError(SipAgentError):
     """Base of every error raised by :mod:`sipagent.sip`."""
 
 

@@ -1,0 +1,58 @@
+"""The root of every error sipagent raises on purpose, and the tree of them all.
+
+``except SipAgentError`` catches anything the product raises deliberately; catch a branch to handle
+one layer. An error that callers have long caught by a builtin (``ValueError`` from a parser,
+``RuntimeError``) keeps that builtin as a second base, so ``except ValueError`` still works. As in h11,
+each error says who broke the rule and, where a peer did, what to answer::
+
+    SipAgentError
+    ├── ConfigError                       config.py: the configuration cannot be used; the message names
+    │                                     every bad key. Raised at start-up, never in a call.
+    ├── SipError                          sip/errors.py: the sans-IO SIP core
+    │   ├── ProtocolError                 status_hint: the SIP status that answers it
+    │   │   ├── RemoteProtocolError       the peer sent something malformed or unacceptable; the
+    │   │   │                             transport answers status_hint (400, 413, 513…) and carries on
+    │   │   └── LocalProtocolError        our own code asked for something the protocol forbids (a bug)
+    │   ├── OfferRejected                 an SDP offer or answer we cannot accept (status, 488 by default)
+    │   └── TransactionStateError         an impossible transition in a transaction or timer machine;
+    │                                     names role, state and event (a bug)
+    ├── RtpParseError (ValueError)        rtp/packet.py: a datagram that is not well-formed RTP; the
+    │                                     RTP session drops and counts it
+    ├── RtcpParseError (ValueError)       rtp/rtcp.py: a datagram that is not a well-formed RTCP compound
+    │                                     packet; the RTP session drops and counts it
+    ├── CryptoAttributeError (ValueError) rtp/srtp.py: an a=crypto line we cannot use; sip/sdes.py skips
+    │                                     it and rejects the stream (488) only when no line is usable
+    ├── SrtpError                         rtp/srtp.py: protecting one of *our* packets failed (a bug,
+    │                                     never the peer's doing; its bad packets are dropped, not raised)
+    ├── PortRangeExhausted (RuntimeError) net/media_sockets.py, raised by net/media.py: no free RTP/RTCP
+    │                                     port pair in the configured range; the call is refused
+    ├── PcapError (ValueError)            pcapio.py: a file that is not a readable pcap capture
+    ├── CaptureError (ValueError)         replay/capture.py: a capture with no usable caller RTP
+    │                                     (`sipagent replay` reports it and exits)
+    └── voice                             (still derive from the builtins named, not yet from this root)
+        ├── LlmError (Exception)          voice/llm.py: the language model cannot answer (server error,
+        │   │                             bad stream, misuse of a session)
+        │   └── ChatTemplateError         no usable chat template in the GGUF or the configuration
+        ├── ModelLoadError (RuntimeError) voice/inference/loading.py: a model cannot be loaded; names
+        │                                 the file or setting (`sipagent serve` reports it and exits)
+        ├── TurnStateError (RuntimeError) voice/turns.py: an event the turn detector's table does not
+        │                                 allow in its state (a bug)
+        └── ReplyStateError (RuntimeError) voice/conversation/reply.py: an event the reply's table does
+                                          not allow in its state (a bug)
+
+This module is compiled with the media engine (``sipagent/compiled_modules.txt``): the compiled
+parsers' errors derive from this class, and mypyc cannot compile a subclass of a plain Python class.
+"""
+
+from __future__ import annotations
+
+from mypy_extensions import mypyc_attr
+
+__all__ = ["SipAgentError"]
+
+
+# Compiled, the class is native; the errors in plain Python modules (most of the tree) subclass it,
+# which mypyc allows only when asked.
+@mypyc_attr(allow_interpreted_subclasses=True)
+class SipAgentError(Exception):
+    """Base of every error sipagent raises on purpose (the tree is in this module's docstring)."""
