@@ -1,15 +1,18 @@
-"""The voice pipeline's models kept busy while the real-time media part runs (issue 4, item 5).
+"""The voice models kept busy while the real-time media part runs (issue 4, item 5; issue 13).
 
-One *conversation* loops in the background of the benchmark's server process, exactly as a call's
-turns would run in ``serve --mode agent``: Whisper transcribes a recorded utterance, SmolLM2
-streams a reply to it, Piper speaks each sentence; each job on the pipeline's own worker threads
-(:func:`sipagent.voice.pipeline.load_models`: same pool, same thread priorities). The media event loop
-meanwhile paces its calls; the send error of its packets is then compared with a run without this
-load, in the same benchmark run.
+One *conversation* loops in the background of the benchmark's server process, as a call's turns
+would in ``serve``: Whisper transcribes a recorded utterance, SmolLM2 streams a reply to it, Piper
+speaks each sentence, each a job of the configured inference service (its own process, or threads of
+this one: :func:`sipagent.voice.inference.start_inference`, same priorities as ``serve``). The jobs
+are driven from an event loop on a thread of their own; the media event loop meanwhile paces its
+calls, and the send error of its packets is compared with a run without this load, in the same
+benchmark run.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 import time
 from collections import Counter
@@ -20,8 +23,19 @@ import numpy as np
 from sipagent.config import Settings
 from sipagent.replay.capture import load_caller_leg
 from sipagent.rtp.g711 import decode_table
-from sipagent.voice.agent import Models
-from sipagent.voice.pipeline import close_models, load_models
+from sipagent.server import inference_config
+from sipagent.voice.inference import Inference, start_inference
+from sipagent.voice.jobs import (
+    Generate,
+    Job,
+    JobFailed,
+    JobResult,
+    Synthesize,
+    TextPiece,
+    Transcribe,
+    Transcribed,
+)
+from sipagent.voice.llm import Turn
 
 from .common import ROOT
 
@@ -34,55 +48,79 @@ def _caller_audio(path: Path) -> np.ndarray:
     return np.concatenate([table.take(np.frombuffer(p.packet.payload, dtype=np.uint8)) for p in leg.packets])
 
 
-def _speak(models: Models, text: str) -> int:
-    return sum(chunk.size for chunk in models.synthesizer.synthesize(text))
+async def ask(service: Inference, job: Job) -> list[JobResult]:
+    """Every result of ``job`` up to its final one (raises if it failed)."""
+    results: list[JobResult] = []
+    done = asyncio.get_running_loop().create_future()
+
+    def deliver(result: JobResult) -> None:
+        results.append(result)
+        if not isinstance(result, TextPiece) and not done.done():
+            done.set_result(None)
+
+    service.submit(job, deliver)
+    await done
+    if isinstance(results[-1], JobFailed):
+        raise RuntimeError(results[-1].reason)
+    return results
 
 
 class InferenceLoad:
-    """STT → LLM → TTS turns, back to back, on the pipeline's worker threads, until stopped."""
+    """STT → LLM → TTS turns, back to back, until stopped (see the module docstring)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.models: Models = load_models(settings)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="bench-inference", daemon=True)
+        self._thread.start()
+        self.service = asyncio.run_coroutine_threadsafe(
+            start_inference(inference_config(settings)), self._loop
+        ).result()
+        self.system_prompt = settings.llm.system_prompt
         self.audio = _caller_audio(UTTERANCE)
         self.jobs: Counter[str] = Counter()
         self.busy_s = 0.0
-        self._stop = threading.Event()
-        self._driver: threading.Thread | None = None
+        self._running: concurrent.futures.Future[None] | None = None
+        self._stop = False
 
     def start(self) -> None:
-        self._stop.clear()
+        self._stop = False
         self.jobs.clear()
         self.busy_s = 0.0
-        self._driver = threading.Thread(target=self._run, name="bench-inference", daemon=True)
-        self._driver.start()
+        self._running = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._driver is not None:
-            self._driver.join()
+        self._stop = True
+        if self._running is not None:
+            self._running.result()
+            self._running = None
 
     def close(self) -> None:
         self.stop()
-        close_models(self.models)
+        asyncio.run_coroutine_threadsafe(self.service.aclose(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
 
-    def _run(self) -> None:
-        models, pool = self.models, self.models.executor
-        session = models.chat.new_session()
+    async def _run(self) -> None:
+        service, ids = self.service, iter(range(1, 1 << 62))
+        turns: list[Turn] = []
         started = time.perf_counter()
         try:
-            while not self._stop.is_set():
-                text = pool.submit(models.transcriber.transcribe, self.audio).result().text
+            while not self._stop:
+                heard = (await ask(service, Transcribe(next(ids), self.audio)))[0]
                 self.jobs["stt"] += 1
-                if len(session.history) > 6:
-                    session.rewind(0)
-                session.add_user(text or "Hello?")
-                reply = pool.submit(session.reply, self._stop).result()
+                if len(turns) > 6:
+                    turns.clear()
+                text = heard.transcript.text if isinstance(heard, Transcribed) else ""
+                turns.append(Turn("user", text or "Hello?"))
+                pieces = await ask(service, Generate(next(ids), 1, self.system_prompt, tuple(turns)))
+                reply = "".join(p.text for p in pieces if isinstance(p, TextPiece)).strip()
+                turns.append(Turn("assistant", reply or "Okay."))
                 self.jobs["llm"] += 1
                 for sentence in filter(None, (s.strip() for s in reply.split("."))):
-                    if self._stop.is_set():
+                    if self._stop:
                         break
-                    pool.submit(_speak, models, sentence).result()
+                    await ask(service, Synthesize(next(ids), sentence))
                     self.jobs["tts"] += 1
         finally:
             self.busy_s = time.perf_counter() - started
-            session.close()
+            service.release(1)

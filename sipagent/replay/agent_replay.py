@@ -128,7 +128,7 @@ class AgentReplay(Replay):
         return self.totals
 
     # -- measurements ----------------------------------------------------------------------------
-    def _arrival(self, rtp_ts: int | None) -> float | None:
+    def arrival_of_rtp(self, rtp_ts: int | None) -> float | None:
         """When the packet holding ``rtp_ts`` arrived (loop time), or None."""
         if rtp_ts is None or not self._arrival_ts:
             return None
@@ -136,7 +136,7 @@ class AgentReplay(Replay):
         index = bisect.bisect_right(self._arrival_ts, unwrapped) - 1
         return self.t0 + self._arrival_at[max(index, 0)]
 
-    def _first_quiet_tick(self, since: float) -> float | None:
+    def first_quiet_tick(self, since: float) -> float | None:
         """The first tick at or after ``since`` whose packet did not carry the agent's voice."""
         start = bisect.bisect_left(self._out_times, since - 1e-6)
         for index in range(start, len(self._out_times)):
@@ -154,14 +154,14 @@ class AgentReplay(Replay):
                 "agent_text", now, {"turn": turn, "text": record.reply, "interrupted": record.interrupted}
             )
         )
-        last_in = self._arrival(record.last_voiced_rtp_ts)
+        last_in = self.arrival_of_rtp(record.last_voiced_rtp_ts)
         out = record.first_voiced_out_at
         wire = None if last_in is None or out is None else round((out - last_in) * 1000, 1)
         stages = {key: value for key, value in record.as_dict().items() if key.endswith("_ms")}
         self._emit(ReplayEvent("turn_latency", now, {"turn": turn, "wire_ms": wire, **stages}))
         if record.interrupted and record.stop_decided_at is not None:
-            quiet = self._first_quiet_tick(record.stop_decided_at)
-            onset = self._arrival(record.caller_onset_rtp_ts)
+            quiet = self.first_quiet_tick(record.stop_decided_at)
+            onset = self.arrival_of_rtp(record.caller_onset_rtp_ts)
             fields: dict[str, Any] = {
                 "turn": turn,
                 "stop_ms": None if quiet is None or onset is None else round((quiet - onset) * 1000, 1),
@@ -176,7 +176,7 @@ class AgentReplay(Replay):
         if not self._arrival_ts or not self.leg.packets:
             return None
         first = self.leg.packets[0].packet.timestamp  # audio time 0 (an impaired run may reorder it)
-        return self._arrival((first + round(audio_time * SAMPLE_RATE)) & 0xFFFFFFFF)
+        return self.arrival_of_rtp((first + round(audio_time * SAMPLE_RATE)) & 0xFFFFFFFF)
 
     def wire_ms_from(self, audio_time: float, record: TurnRecord) -> float | None:
         """From the arrival of the caller's audio at ``audio_time`` (the true end of a turn's speech)
