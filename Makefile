@@ -13,8 +13,8 @@ run: install
 	$(BIN)/sipagent serve $(ARGS)
 
 test: install peers
-	$(BIN)/ruff check sipagent tests scripts
-	$(BIN)/ruff format --check sipagent tests scripts
+	$(BIN)/ruff check sipagent peers tests scripts
+	$(BIN)/ruff format --check sipagent peers tests scripts
 	$(BIN)/mypy
 	SIPAGENT_REQUIRE_PEERS=1 SIPAGENT_REQUIRE_MODELS=1 SIPAGENT_EXPECT_COMPILED=1 $(BIN)/pytest -n 2 -q $(PYTEST_ARGS)
 
@@ -48,7 +48,7 @@ peers:
 	scripts/install-peers.sh
 
 lint:
-	$(BIN)/ruff check sipagent tests scripts
+	$(BIN)/ruff check sipagent peers tests scripts
 
 typecheck:
 	$(BIN)/mypy

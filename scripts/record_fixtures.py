@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Record whole calls of real SIP peers talking to ``sipagent serve --mode echo`` into ``fixtures/``.
 
-Each recording starts its own sipagent (as the interop tests do, :class:`tests.sipagent_proc.
-SipagentServer`), a dumpcap capture on loopback (:class:`tests.peers.capture.LoopbackCapture`) of
+Each recording starts its own sipagent (as the interop tests do, :class:`peers.sipagent_proc.
+SipagentServer`), a dumpcap capture on loopback (:class:`peers.capture.LoopbackCapture`) of
 sipagent's SIP port, its RTP ports and the peer's media ports, and one call:
 
-* ``recorded-sipp-echo-goforward``: sipp (``tests/scenarios/uac_call_echo.xml``) plays the caller
+* ``recorded-sipp-echo-goforward``: sipp (``peers/scenarios/uac_call_echo.xml``) plays the caller
   RTP of ``fixtures/speech-goforward.pcap`` (``play_pcap_audio``); sipagent echoes it;
-* ``recorded-sipp-dtmf``: sipp (``tests/scenarios/uac_call_dtmf.xml``) plays the RFC 2833 digit
+* ``recorded-sipp-dtmf``: sipp (``peers/scenarios/uac_call_dtmf.xml``) plays the RFC 2833 digit
   pcaps that ship with sipp (``/usr/share/sip-tester/dtmf_2833_{1,2,3,4,pound}.pcap``);
 * ``recorded-baresip-echo-cards``: baresip dials in with ``speech-cards-001``'s 8 kHz audio as its
   microphone (a WAV; baresip hangs up when the file ends) and hears the echo.
@@ -37,22 +37,22 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-# tests.* (the peer harness) and make_fixtures are imported from the checkout, not an installed package.
+# peers (the real-peer harness the tests use too) and make_fixtures come from the checkout, not an install.
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import make_fixtures as mf  # noqa: E402
 
+from peers.audio import write_wav  # noqa: E402
+from peers.baresip import Baresip  # noqa: E402
+from peers.capture import LoopbackCapture  # noqa: E402
+from peers.ports import free_port_block  # noqa: E402
+from peers.sipagent_proc import SipagentServer  # noqa: E402
+from peers.sipp import run_sipp, scenario_path  # noqa: E402
 from sipagent.pcapio import UdpDatagram, read_udp, write_udp  # noqa: E402
 from sipagent.rtp.packet import RtpPacket, RtpParseError, is_rtcp_packet  # noqa: E402
 from sipagent.sip.errors import RemoteProtocolError  # noqa: E402
 from sipagent.sip.message import Request, Response, parse_message  # noqa: E402
 from sipagent.sip.sdp import parse_sdp  # noqa: E402
-from tests.peers.audio import write_wav  # noqa: E402
-from tests.peers.baresip import Baresip  # noqa: E402
-from tests.peers.capture import LoopbackCapture  # noqa: E402
-from tests.peers.ports import free_port_block  # noqa: E402
-from tests.peers.sipp import run_sipp, scenario_path  # noqa: E402
-from tests.sipagent_proc import SipagentServer  # noqa: E402
 
 SIPP_PCAPS = Path("/usr/share/sip-tester")
 DTMF_FILES = ("1", "2", "3", "4", "pound")

@@ -23,12 +23,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from peers.audio import ulaw_decode
 from sipagent.pcapio import UdpDatagram, read_udp
 from sipagent.rtp.packet import RtpPacket, is_rtcp_packet
 from sipagent.sip.errors import RemoteProtocolError
 from sipagent.sip.message import Request, Response, parse_message
 from sipagent.sip.sdp import parse_sdp
-from tests.peers.audio import ulaw_decode
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"

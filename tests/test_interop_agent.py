@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from peers.audio import write_g711_pcap
+from peers.capture import LoopbackCapture
+from peers.ports import free_port_block
+from peers.sipagent_proc import SipagentServer
+from peers.sipp import run_sipp, scenario_path
 from sipagent.replay.capture import load_caller_leg
 from sipagent.rtp.g711 import decode_table
 from sipagent.voice.models import DEFAULT_LLM_MODEL, DEFAULT_STT_MODEL, resolve_model_path
 from tests.model_gate import require_models
-from tests.peers.audio import write_g711_pcap
-from tests.peers.capture import LoopbackCapture
-from tests.peers.ports import free_port_block
-from tests.peers.sipp import run_sipp, scenario_path
-from tests.sipagent_proc import SipagentServer
 
 pytestmark = pytest.mark.peer
 

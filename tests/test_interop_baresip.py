@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.peers.audio import read_wav, tone_sequence, wav_stats, write_wav
-from tests.peers.baresip import Baresip, Transport
-from tests.peers.tls import make_test_pki
-from tests.sipagent_proc import SipagentServer
+from peers.audio import read_wav, tone_sequence, wav_stats, write_wav
+from peers.baresip import Baresip, Transport
+from peers.sipagent_proc import SipagentServer
+from peers.tls import make_test_pki
 
 pytestmark = pytest.mark.peer
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.kamailio import Kamailio, RegisterRecord
-from tests.peers.proc import ManagedProcess
-from tests.peers.sipp import SippProcess, run_sipp, scenario_path
-from tests.sipagent_proc import SipagentServer
+from peers.kamailio import Kamailio, RegisterRecord
+from peers.proc import ManagedProcess
+from peers.sipagent_proc import SipagentServer
+from peers.sipp import SippProcess, run_sipp, scenario_path
 
 pytestmark = pytest.mark.peer
 

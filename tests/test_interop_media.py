@@ -40,16 +40,16 @@ import numpy as np
 import pylibsrtp
 import pytest
 
-from tests.peers import skips
-from tests.peers.audio import read_wav, tone_sequence, ulaw_decode, wav_stats, write_wav
-from tests.peers.baresip import Baresip, BaresipEvent
-from tests.peers.capture import LoopbackCapture
-from tests.peers.pcap import UdpPacket, read_udp_packets
-from tests.peers.ports import HOST
-from tests.peers.sipmsg import SipMessage, parse_sip_message
-from tests.peers.sipp import run_sipp, scenario_path
-from tests.peers.tls import make_test_pki
-from tests.sipagent_proc import SipagentServer
+from peers import skips
+from peers.audio import read_wav, tone_sequence, ulaw_decode, wav_stats, write_wav
+from peers.baresip import Baresip, BaresipEvent
+from peers.capture import LoopbackCapture
+from peers.pcap import UdpPacket, read_udp_packets
+from peers.ports import HOST
+from peers.sipagent_proc import SipagentServer
+from peers.sipmsg import SipMessage, parse_sip_message
+from peers.sipp import run_sipp, scenario_path
+from peers.tls import make_test_pki
 
 pytestmark = pytest.mark.peer
 

@@ -1,7 +1,7 @@
 """sipp (a real, scripted UAC) against ``sipagent serve --mode echo`` on loopback (issue 2, item 2).
 
 Every test starts its own server subprocess on random ports and drives it with a scenario from
-``tests/scenarios`` whose header says what it checks; RTP is counted from a loopback capture.
+``peers/scenarios`` whose header says what it checks; RTP is counted from a loopback capture.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.capture import LoopbackCapture
-from tests.peers.ports import free_port_block
-from tests.peers.sipp import run_sipp, scenario_path
-from tests.sipagent_proc import SipagentServer
+from peers.capture import LoopbackCapture
+from peers.ports import free_port_block
+from peers.sipagent_proc import SipagentServer
+from peers.sipp import run_sipp, scenario_path
 
 pytestmark = pytest.mark.peer
 

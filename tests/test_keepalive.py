@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.kamailio import Kamailio
-from tests.peers.ports import HOST, free_tcp_port
-from tests.sipagent_proc import SipagentServer
+from peers.kamailio import Kamailio
+from peers.ports import HOST, free_tcp_port
+from peers.sipagent_proc import SipagentServer
 
 pytestmark = pytest.mark.peer
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.capture import LoopbackCapture
-from tests.peers.ports import free_port_block
-from tests.peers.sipp import run_sipp, scenario_path
-from tests.sipagent_proc import SipagentServer
+from peers.capture import LoopbackCapture
+from peers.ports import free_port_block
+from peers.sipagent_proc import SipagentServer
+from peers.sipp import run_sipp, scenario_path
 
 pytestmark = pytest.mark.peer
 

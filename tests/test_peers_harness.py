@@ -1,4 +1,4 @@
-"""Self-tests of the interop harness (tests/peers, tests/scenarios) against real peers on loopback.
+"""Self-tests of the interop harness (peers/, peers/scenarios) against real peers on loopback.
 
 sipagent's own server is not exercised here: every scenario is proven peer to peer (sipp against sipp,
 through kamailio, baresip against sipp) so that a failing interop test later points at sipagent, not at
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.peers import audio
-from tests.peers.baresip import Baresip
-from tests.peers.capture import LoopbackCapture, is_rtp
-from tests.peers.kamailio import Kamailio, TlsFiles
-from tests.peers.pcap import read_udp_packets, write_udp_pcap
-from tests.peers.ports import (
+from peers import audio
+from peers.baresip import Baresip
+from peers.capture import LoopbackCapture, is_rtp
+from peers.kamailio import Kamailio, TlsFiles
+from peers.pcap import read_udp_packets, write_udp_pcap
+from peers.ports import (
     HOST,
     free_port_block,
     free_port_pair,
@@ -29,10 +29,10 @@ from tests.peers.ports import (
     free_udp_port,
     is_port_bound,
 )
-from tests.peers.sipmsg import SipMessage, parse_sip_message
-from tests.peers.sipp import SippProcess, SippResult, Transport, run_sipp, scenario_path
-from tests.peers.skips import require, require_capture
-from tests.peers.tls import make_test_pki
+from peers.sipmsg import SipMessage, parse_sip_message
+from peers.sipp import SippProcess, SippResult, Transport, run_sipp, scenario_path
+from peers.skips import require, require_capture
+from peers.tls import make_test_pki
 
 AUDIO_SECONDS = 3.0
 PACKETS = int(AUDIO_SECONDS * 1000 / audio.PTIME_MS)  # 150 packets of 20 ms

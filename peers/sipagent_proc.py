@@ -1,4 +1,5 @@
-"""Run the real ``sipagent`` command as a subprocess on loopback, for the interop tests."""
+"""Run the real ``sipagent`` command as a subprocess on loopback, for the interop tests and the
+fixture recorder (``scripts/record_fixtures.py``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from tests.peers.ports import HOST, free_port_block, free_sip_port, free_tcp_port
-from tests.peers.proc import ManagedProcess
-from tests.peers.tls import PkiFiles
+from peers.ports import HOST, free_port_block, free_sip_port, free_tcp_port
+from peers.proc import ManagedProcess
+from peers.tls import PkiFiles
 
 #: How many RTP ports each test server gets: small, so a capture filter can name them all.
 RTP_PORTS = 16

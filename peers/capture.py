@@ -1,7 +1,7 @@
 """Count UDP (RTP) packets on loopback with dumpcap, per direction (source port -> destination port).
 
 :class:`LoopbackCapture` starts ``dumpcap -i lo`` with a BPF filter for the given ports before the call
-and stops it afterwards; the classic-pcap file it wrote is then read with :mod:`tests.peers.pcap`. On
+and stops it afterwards; the classic-pcap file it wrote is then read with :mod:`peers.pcap`. On
 Linux loopback every datagram is captured exactly once, so ``counts[(a, b)]`` is the number of
 datagrams sent from port ``a`` to port ``b``. Capturing needs root or dumpcap's capabilities
 (``setcap cap_net_raw,cap_net_admin+eip /usr/bin/dumpcap``); Debian package: wireshark-common (pulled
@@ -25,9 +25,9 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.peers.pcap import UdpPacket, read_udp_packets
-from tests.peers.ports import HOST, free_udp_port
-from tests.peers.proc import Lifecycle, ManagedProcess, ProcessError
+from peers.pcap import UdpPacket, read_udp_packets
+from peers.ports import HOST, free_udp_port
+from peers.proc import Lifecycle, ManagedProcess, ProcessError
 
 DUMPCAP = "dumpcap"
 

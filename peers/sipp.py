@@ -10,7 +10,7 @@ Every run writes its traces into its own directory: ``messages.log`` (``-trace_m
 (``-trace_err``), ``stats.csv`` (``-trace_stat``, parsed into :class:`SippStats`) and ``actions.log``
 (``<log>`` actions, ``-trace_logs``). sipp is run with ``-nostdin``, so it needs no terminal.
 
-Scenario conventions (see the header comment of each file in ``tests/scenarios/``):
+Scenario conventions (see the header comment of each file in ``peers/scenarios/``):
 
 * ``-s SERVICE`` fills ``[service]``, the Request-URI user of a UAC's INVITE/OPTIONS.
 * ``play_pcap_audio="[pcap]"`` takes the pcap from ``-key pcap PATH``; when a scenario contains
@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tests.peers.audio import write_test_pcap
-from tests.peers.ports import HOST, free_port_block, free_sip_port, is_port_bound
-from tests.peers.proc import Lifecycle, ManagedProcess, ProcessError
-from tests.peers.sipmsg import SipMessage, parse_sipp_message_log
+from peers.audio import write_test_pcap
+from peers.ports import HOST, free_port_block, free_sip_port, is_port_bound
+from peers.proc import Lifecycle, ManagedProcess, ProcessError
+from peers.sipmsg import SipMessage, parse_sipp_message_log
 
 SIPP = "sipp"
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 
 Transport = Literal["udp", "tcp"]
 _TRANSPORT_FLAG: dict[str, str] = {"udp": "u1", "tcp": "t1"}
@@ -52,7 +52,7 @@ EXIT_NO_CALLS = 99
 
 
 def scenario_path(name: str) -> Path:
-    """Path of a scenario in ``tests/scenarios`` (``.xml`` may be omitted)."""
+    """Path of a scenario in ``peers/scenarios`` (``.xml`` may be omitted)."""
     path = SCENARIO_DIR / (name if name.endswith(".xml") else name + ".xml")
     if not path.is_file():
         raise FileNotFoundError(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from tests.peers.pcap import write_udp_pcap
+from peers.pcap import write_udp_pcap
 
 SAMPLE_RATE = 8000
 PTIME_MS = 20
