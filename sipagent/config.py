@@ -25,10 +25,17 @@ from pydantic import (
 )
 
 from .errors import SipAgentError
+from .model_paths import DEFAULT_LLM_MODEL, DEFAULT_STT_MODEL, DEFAULT_TTS_VOICE, resolve_model_path
 from .sip.errors import RemoteProtocolError
 from .sip.uri import SipUri
-from .voice.llm import DEFAULT_SYSTEM_PROMPT
-from .voice.models import DEFAULT_LLM_MODEL, DEFAULT_STT_MODEL, DEFAULT_TTS_VOICE, resolve_model_path
+
+#: The agent's instructions unless ``[llm] system_prompt`` (or a route) says otherwise. Written for
+#: the small default model as much as for big ones: short, concrete rules about speech.
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly assistant answering a phone call. Everything you write is spoken aloud to the "
+    "caller. Reply in one or two short, plain sentences. Do not use lists, markdown, emoji, or symbols. "
+    "If you do not know something, say so briefly. Ask one question at a time."
+)
 
 
 class ConfigError(SipAgentError):

@@ -12,7 +12,8 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from sipagent.voice.llm import DEFAULT_SYSTEM_PROMPT, ChatSession, Turn, TurnStats, _ChatBase
+from sipagent.config import DEFAULT_SYSTEM_PROMPT
+from sipagent.voice.llm import ChatSession, Turn, TurnStats, _ChatBase
 from sipagent.voice.resample import TELEPHONE_RATE
 from sipagent.voice.stt import Transcript, _check_pcm
 

