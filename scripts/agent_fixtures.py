@@ -38,6 +38,7 @@ from fixturekit import (
     noise_floor,
     pad_to_frames,
     to_pcm,
+    turn_record,
     voice_span,
 )
 
@@ -74,12 +75,7 @@ def _seed(label: str) -> np.random.RandomState:
 
 def _turn(ctx: BuildContext, clip: str, samples: Signal, at: float) -> dict[str, Any]:
     """A caller turn's manifest record, as in ``two-turns``."""
-    return {
-        "clip": clip,
-        "transcript": ctx.transcript(clip),
-        "speech_at_s": [round(at, 3), round(at + len(samples) / RATE, 3)],
-        "voice_activity_s": voice_span(samples, at),
-    }
+    return turn_record(ctx, clip, samples, at)
 
 
 def _reply_window(turn: dict[str, Any]) -> list[float]:

@@ -13,11 +13,13 @@ import wave
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from speech_truth import SOURCE_RATE, ClipTruth, clip_truth
 
 Pcm = npt.NDArray[np.int16]
 Signal = npt.NDArray[np.float64]
@@ -89,8 +91,8 @@ def dbfs(rms: float) -> float:
     return round(20 * math.log10(max(rms, 1e-9) / FULL_SCALE), 1)
 
 
-def load_speech(path: Path) -> Signal:
-    """A 16 kHz mono 16-bit clip (WAV, or raw little-endian) resampled to 8 kHz."""
+def read_source(path: Path) -> tuple[int, Signal]:
+    """A mono 16-bit clip as recorded: its rate and samples (WAV, or raw 16 kHz little-endian)."""
     if path.suffix == ".wav":
         with wave.open(str(path), "rb") as src:
             if (src.getnchannels(), src.getsampwidth()) != (1, 2):
@@ -98,7 +100,13 @@ def load_speech(path: Path) -> Signal:
             rate, raw = src.getframerate(), src.readframes(src.getnframes())
     else:
         rate, raw = 16000, path.read_bytes()
-    return resample(np.frombuffer(raw, dtype="<i2").astype(np.float64), rate, RATE)
+    return rate, np.frombuffer(raw, dtype="<i2").astype(np.float64)
+
+
+def load_speech(path: Path) -> Signal:
+    """A 16 kHz mono 16-bit clip (WAV, or raw little-endian) resampled to 8 kHz."""
+    rate, x = read_source(path)
+    return resample(x, rate, RATE)
 
 
 def pad_to_frames(x: Signal, rng: np.random.RandomState, rms: float) -> Signal:
@@ -169,13 +177,20 @@ class BuildContext:
 
     speech_dir: Path
 
+    def path(self, clip: str) -> Path:
+        """Where a clip of shared/speech is (``.wav``, or ``.raw`` for goforward and numbers)."""
+        for path in (self.speech_dir / f"{clip}.wav", self.speech_dir / f"{clip}.raw"):
+            if path.is_file():
+                return path
+        raise SystemExit(f"speech clip {clip!r} not found in {self.speech_dir} (see --speech-dir)")
+
     def speech(self, clip: str) -> Signal:
         """A clip of shared/speech at 8 kHz."""
-        candidates = [self.speech_dir / f"{clip}.wav", self.speech_dir / f"{clip}.raw"]
-        for path in candidates:
-            if path.is_file():
-                return load_speech(path)
-        raise SystemExit(f"speech clip {clip!r} not found in {self.speech_dir} (see --speech-dir)")
+        return load_speech(self.path(clip))
+
+    def truth(self, clip: str) -> ClipTruth:
+        """Where the clip's speech starts and ends, from its clean 16 kHz source (speech_truth.py)."""
+        return _clip_truth(clip, self.path(clip))
 
     def transcript(self, clip: str) -> str | None:
         """The clip's reference transcript from shared/speech, or None where there is none."""
@@ -193,8 +208,17 @@ class BuildContext:
         return path.read_text().strip() if path.is_file() else None
 
 
-def padded_speech(name: str, speech: Signal) -> tuple[Pcm, dict[str, Any]]:
-    """``speech`` with LEAD_S/TRAIL_S of noise at the clip's own background level."""
+@cache
+def _clip_truth(clip: str, path: Path) -> ClipTruth:
+    # Cached: a clip used by several fixtures is measured (and aligned by Whisper) once per run.
+    rate, x = read_source(path)
+    if rate != SOURCE_RATE:
+        raise SystemExit(f"{path}: the speech truth is measured at {SOURCE_RATE} Hz, not {rate}")
+    return clip_truth(clip, x)
+
+
+def padded_body(name: str, speech: Signal) -> tuple[Signal, dict[str, Any]]:
+    """``speech`` with LEAD_S/TRAIL_S of noise at the clip's own background level, before rounding."""
     rng = np.random.RandomState(zlib.crc32(f"noise:{name}".encode()))
     floor = noise_floor(speech)
     body = np.concatenate([noise(rng, LEAD_S, floor), speech, noise(rng, TRAIL_S, floor)])
@@ -204,4 +228,26 @@ def padded_speech(name: str, speech: Signal) -> tuple[Pcm, dict[str, Any]]:
         "voice_activity_s": voice_span(speech, LEAD_S),
         "noise_dbfs": dbfs(floor),
     }
+    return body, info
+
+
+def padded_speech(name: str, speech: Signal) -> tuple[Pcm, dict[str, Any]]:
+    """``speech`` with LEAD_S/TRAIL_S of noise at the clip's own background level."""
+    body, info = padded_body(name, speech)
     return to_pcm(body), info
+
+
+def turn_record(ctx: BuildContext, clip: str, samples: Signal, at: float) -> dict[str, Any]:
+    """A caller turn's manifest record: ``clip`` (8 kHz ``samples``) starts ``at`` s into the audio.
+
+    ``speech_at_s`` is where the clip sits, ``voice_activity_s`` its 20 ms frames above -40 dBFS, and
+    the rest the ground truth of the speech in it (:meth:`ClipTruth.fields`), all in seconds of the
+    caller's RTP audio.
+    """
+    return {
+        "clip": clip,
+        "transcript": ctx.transcript(clip),
+        "speech_at_s": [round(at, 3), round(at + len(samples) / RATE, 3)],
+        "voice_activity_s": voice_span(samples, at),
+        **ctx.truth(clip).fields(at),
+    }

@@ -59,13 +59,15 @@ from fixturekit import (
     padded_speech,
     resample,
     to_pcm,
-    voice_span,
+    turn_record,
 )
 
 # Re-exported (``as``): scripts/record_fixtures.py uses them as ``make_fixtures.<name>``.
 from fixturekit import PTIME_MS as PTIME_MS
 from fixturekit import RATE as RATE
 from fixturekit import BuildContext as BuildContext
+from noisy_fixtures import NOISY_FIXTURES
+from speech_truth import METHOD, SOURCE_RATE, clip_truth
 
 from sipagent.pcapio import UdpDatagram, write_udp
 from sipagent.rtp import g711
@@ -267,12 +269,13 @@ def speech_builder(clip: str) -> Callable[[BuildContext], CallAudio]:
     """The builder of ``speech-<clip>``: the clip padded with noise, and its transcript."""
 
     def build(ctx: BuildContext) -> CallAudio:
-        pcm, info = padded_speech(f"speech-{clip}", ctx.speech(clip))
+        speech = ctx.speech(clip)
+        pcm, info = padded_speech(f"speech-{clip}", speech)
         transcript = ctx.transcript(clip)
-        suffix = ".raw" if clip in ("goforward", "numbers") else ".wav"
-        info = {"source": f"shared/speech/{clip}{suffix}", "transcript": transcript, **info}
+        info = {"source": f"shared/speech/{ctx.path(clip).name}", "transcript": transcript, **info}
         if transcript is None:
             info["transcript_note"] = "no reference transcript exists for this clip (spoken numbers)"
+        info["turns"] = [turn_record(ctx, clip, speech, LEAD_S)]
         return CallAudio(pcm, manifest=info)
 
     return build
@@ -289,16 +292,8 @@ def build_two_turns(ctx: BuildContext) -> CallAudio:
     turns = []
     at = LEAD_S
     for clip, samples in (("librivox-0880", first), ("librivox-0890", second)):
-        end = at + len(samples) / RATE
-        turns.append(
-            {
-                "clip": clip,
-                "transcript": ctx.transcript(clip),
-                "speech_at_s": [round(at, 3), round(end, 3)],
-                "voice_activity_s": voice_span(samples, at),
-            }
-        )
-        at = end + pause
+        turns.append(turn_record(ctx, clip, samples, at))
+        at += len(samples) / RATE + pause
     info = {
         "source": "shared/speech/librivox-0880.wav + librivox-0890.wav",
         "transcript": " ".join(str(t["transcript"]) for t in turns),
@@ -403,18 +398,29 @@ def build_espeak(ctx: BuildContext) -> CallAudio:
         subprocess.run([ESPEAK, *ESPEAK_ARGS, "-w", str(wav_path), ESPEAK_TEXT], check=True)
         with wave.open(str(wav_path), "rb") as src:
             rate, raw = src.getframerate(), src.readframes(src.getnframes())
-    speech = resample(np.frombuffer(raw, dtype="<i2").astype(np.float64), rate, RATE)
+    source = np.frombuffer(raw, dtype="<i2").astype(np.float64)
+    speech = resample(source, rate, RATE)
+    # Its ground truth, like a recorded clip's, from the clean voice at 16 kHz (before the line noise).
+    truth = clip_truth("espeak-ng", resample(source, rate, SOURCE_RATE))
     # espeak-ng's silence is digital zero: give the padding a plausible line noise instead.
     rng = np.random.RandomState(zlib.crc32(b"noise:synthetic-espeak"))
     floor = FULL_SCALE * 10 ** (-55 / 20)
     speech = speech + noise(rng, len(speech) / RATE, floor)[: len(speech)]
     pcm, info = padded_speech("synthetic-espeak", speech)
-    words = re.sub(r"[^a-z ]", "", ESPEAK_TEXT.lower())
+    words = " ".join(re.sub(r"[^a-z ]", "", ESPEAK_TEXT.lower()).split())
+    turn = {
+        "clip": "espeak-ng",
+        "transcript": words,
+        "speech_at_s": info["speech_at_s"],
+        "voice_activity_s": info["voice_activity_s"],
+        **truth.fields(LEAD_S),
+    }
     info = {
         "source": f"espeak-ng {espeak_version()} {' '.join(ESPEAK_ARGS)}",
         "text_spoken": ESPEAK_TEXT,
-        "transcript": " ".join(words.split()),
+        "transcript": words,
         **info,
+        "turns": [turn],
     }
     return CallAudio(pcm, manifest=info)
 
@@ -432,6 +438,7 @@ FIXTURES: tuple[Fixture, ...] = (
     Fixture("two-turns", "two utterances 1.5 s apart (librivox-0880, -0890): turn-taking", build_two_turns),
     Fixture("synthetic-espeak", "espeak-ng synthetic speech of a known sentence", build_espeak, needs=ESPEAK),
     *AGENT_FIXTURES,
+    *NOISY_FIXTURES,
 )
 
 
@@ -484,6 +491,7 @@ def update_manifest(out: Path, entries: Iterable[dict[str, Any]], *, drop_unknow
     document = {
         "about": "Whole-call captures (SIP + RTP). See fixtures/README.md; made by scripts/make_fixtures.py "
         "and scripts/record_fixtures.py.",
+        "speech_truth": METHOD,
         "fixtures": ordered,
     }
     (out / MANIFEST).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
