@@ -29,16 +29,18 @@ each error says who broke the rule and, where a peer did, what to answer::
     ├── PcapError (ValueError)            pcapio.py: a file that is not a readable pcap capture
     ├── CaptureError (ValueError)         replay/capture.py: a capture with no usable caller RTP
     │                                     (`sipagent replay` reports it and exits)
-    └── voice                             (still derive from the builtins named, not yet from this root)
-        ├── LlmError (Exception)          voice/llm.py: the language model cannot answer (server error,
-        │   │                             bad stream, misuse of a session)
-        │   └── ChatTemplateError         no usable chat template in the GGUF or the configuration
-        ├── ModelLoadError (RuntimeError) voice/inference/loading.py: a model cannot be loaded; names
-        │                                 the file or setting (`sipagent serve` reports it and exits)
-        ├── TurnStateError (RuntimeError) voice/turns.py: an event the turn detector's table does not
-        │                                 allow in its state (a bug)
-        └── ReplyStateError (RuntimeError) voice/conversation/reply.py: an event the reply's table does
+    ├── LlmError                          voice/llm.py: the language model cannot answer (server error,
+    │   │                                 bad stream, misuse of a session)
+    │   └── ChatTemplateError             no usable chat template in the GGUF or the configuration
+    ├── ModelLoadError (RuntimeError)     voice/inference/loading.py: a model cannot be loaded; names
+    │                                     the file or setting (`sipagent serve` reports it and exits)
+    ├── TurnStateError (RuntimeError)     voice/turns.py: an event the turn detector's table does not
+    │                                     allow in its state (a bug)
+    └── ReplyStateError (RuntimeError)    voice/conversation/reply.py: an event the reply's table does
                                           not allow in its state (a bug)
+
+A model job that fails does not raise in the call: it comes back as ``JobFailed`` (voice/jobs.py),
+the turn is recorded as failed with the reason, and the call goes on.
 
 This module is compiled with the media engine (``sipagent/compiled_modules.txt``): the compiled
 parsers' errors derive from this class, and mypyc cannot compile a subclass of a plain Python class.

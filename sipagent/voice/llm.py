@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..config import DEFAULT_SYSTEM_PROMPT
+from ..errors import SipAgentError
 
 if TYPE_CHECKING:
     import httpx
@@ -66,7 +67,7 @@ class TurnStats:
     restored: bool = False  # the call's KV cells were copied back in (another call had the model)
 
 
-class LlmError(Exception):
+class LlmError(SipAgentError):
     """The language model cannot answer (bad template, server error, misuse of a session)."""
 
 

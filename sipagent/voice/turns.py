@@ -60,6 +60,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from ..errors import SipAgentError
 from ..rtp.frames import PTIME_MS
 
 #: Two frame times closer than this are the same instant (float sums of 0.02 drift by ~1e-15).
@@ -86,7 +87,7 @@ TRANSITIONS: Mapping[TurnState, Mapping[str, TurnState]] = {
 }
 
 
-class TurnStateError(RuntimeError):
+class TurnStateError(SipAgentError, RuntimeError):
     """An event the transition table does not allow in the current state (a caller bug)."""
 
     def __init__(self, state: TurnState, event: str) -> None:

@@ -33,6 +33,7 @@ import enum
 from collections import deque
 from collections.abc import Callable, Mapping
 
+from ...errors import SipAgentError
 from ...rtp.frames import Pcm
 from ..jobs import Synthesize
 from ..playback import Playback
@@ -78,7 +79,7 @@ TRANSITIONS: Mapping[ReplyState, Mapping[str, ReplyState]] = {
 FINAL = frozenset(state for state, moves in TRANSITIONS.items() if not moves)
 
 
-class ReplyStateError(RuntimeError):
+class ReplyStateError(SipAgentError, RuntimeError):
     """An event the transition table does not allow in the reply's current state (an engine bug)."""
 
     def __init__(self, state: ReplyState, event: str) -> None:

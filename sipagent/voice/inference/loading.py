@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ...errors import SipAgentError
 from ..llm import ChatModel, chat_model_from_settings
 from ..stt import Transcriber, WhisperTranscriber
 from ..tts import PiperSynthesizer, Synthesizer
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sipagent.voice")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(SipAgentError, RuntimeError):
     """A model could not be loaded; the message names the file or setting."""
 
 
