@@ -1,4 +1,4 @@
-"""Errors raised by the sans-IO SIP core.
+"""Errors raised by the sans-IO SIP core (the SIP branch of :mod:`sipagent.errors`' tree).
 
 Every error says who broke the rule and, where a peer did, which status to answer with
 (the ``status_hint`` idea from h11)::
