@@ -5,6 +5,11 @@ the INVITE's SDP names the caller RTP endpoint, the caller leg has the stated pa
 increasing sequence numbers and 20 ms timestamp spacing, DTMF calls carry their digits (RFC 4733
 payloads parsed here, independently of sipagent's DTMF code), speech is audible over a quiet but
 non-zero noise floor, and ``scripts/make_fixtures.py`` rebuilds a fixture byte for byte.
+
+Every speech-bearing fixture carries per-turn ground truth (``speech_start_s``/``speech_end_s``,
+measured on the clean 16 kHz source by ``scripts/speech_truth.py``): checked here against the audio
+in the capture (speech up to the end, the line's noise floor after it), and, for the noisy fixtures,
+their SNR is measured in the capture against their clean twin's.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from sipagent.rtp.packet import RtpPacket, is_rtcp_packet
 from sipagent.sip.errors import RemoteProtocolError
 from sipagent.sip.message import Request, Response, parse_message
 from sipagent.sip.sdp import parse_sdp
+from tests.model_gate import require_models
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 SCRIPT = REPO / "scripts" / "make_fixtures.py"
 SPEECH_DIR = REPO.parent / "shared" / "speech"
+ALIGNER_MODEL = REPO / "models" / "whisper-tiny.en"  # scripts/speech_truth.py's cross-check
 MAX_TOTAL_BYTES = 15 * 1024 * 1024
 SAMPLES_PER_PACKET = 160  # 20 ms at 8 kHz
 DTMF_DIGITS = "0123456789*#ABCD"
@@ -130,7 +137,7 @@ def test_manifest_lists_existing_files_and_the_set_is_small() -> None:
         assert (FIXTURES / file).is_file(), file
     on_disk = {p.name for p in FIXTURES.glob("*.pcap")}
     assert on_disk == set(files), "a pcap in fixtures/ without a manifest entry, or the reverse"
-    total = sum(p.stat().st_size for p in FIXTURES.iterdir() if p.is_file())
+    total = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file())  # noise/ too
     assert total < MAX_TOTAL_BYTES
 
 
@@ -252,7 +259,8 @@ def test_speech_fixtures_are_audible_over_a_nonzero_noise_floor(file: str) -> No
     assert (levels > -40).sum() * 0.02 >= 0.4, "less than 0.4 s of speech-level audio"
     if "speech_at_s" in entry:
         lead = levels[: round(entry["speech_at_s"][0] / 0.02)]
-        assert len(lead) and lead.max() < -40, "the lead-in should be silence-level"
+        # Silence-level, except under the real background of a noisy fixture (checked below).
+        assert len(lead) and lead.max() < (-20 if "snr_db" in entry else -40), "the lead-in is too loud"
         assert lead.min() > -75, "the lead-in is noise, not digital zeros"
 
 
@@ -304,9 +312,11 @@ def _voiced(file: str, start_s: float, end_s: float) -> list[float]:
 
 
 TURNS = sorted(f for f, e in BY_FILE.items() if "turns" in e)
+#: Over the line's own (Gaussian) noise only: no real background mixed in.
+CLEAN_TURNS = sorted(f for f in TURNS if "snr_db" not in BY_FILE[f])
 
 
-@pytest.mark.parametrize("file", TURNS)
+@pytest.mark.parametrize("file", CLEAN_TURNS)
 def test_turns_and_interjections_are_the_only_audio_above_the_noise(file: str) -> None:
     entry = BY_FILE[file]
     levels = _levels(file)
@@ -407,20 +417,166 @@ def test_recorded_calls_have_the_echo_leg(file: str) -> None:
     assert {s.packet.ssrc for s in echo}.isdisjoint({s.packet.ssrc for s in caller})
 
 
+# --- ground truth of each turn -------------------------------------------------------------------
+
+#: Speech-bearing: a synthetic fixture with a transcript (or a spoken clip without one, numbers).
+SPEECH_BEARING = sorted(
+    f for f, e in BY_FILE.items() if not e["recorded"] and ("transcript" in e and "digits" not in e)
+)
+TURN_KEYS = {"clip", "transcript", "speech_at_s", "voice_activity_s", "speech_start_s", "speech_end_s"}
+ALIGNED_KEYS = {"aligned_start_s", "aligned_end_s", "aligned_end_diff_s"}
+DISAGREE_S = 0.12  # beyond this the manifest must say why aligner and envelope differ
+
+
+def test_every_speech_bearing_fixture_has_turns() -> None:
+    expected = {f for f in BY_FILE if f.startswith(("speech-", "agent-"))}
+    expected |= {"two-turns.pcap", "synthetic-espeak.pcap"}
+    assert expected <= set(SPEECH_BEARING)
+    assert {f for f in SPEECH_BEARING if "turns" not in BY_FILE[f]} == set()
+
+
+@pytest.mark.parametrize("file", SPEECH_BEARING)
+def test_turns_carry_the_truth_inside_the_capture(file: str) -> None:
+    entry = BY_FILE[file]
+    turns = entry["turns"]
+    assert turns
+    previous_end = 0.0
+    for turn in turns:
+        assert set(turn) >= TURN_KEYS | ALIGNED_KEYS, sorted(TURN_KEYS | ALIGNED_KEYS - set(turn))
+        start, end = turn["speech_start_s"], turn["speech_end_s"]
+        clip_at, clip_end = turn["speech_at_s"]
+        assert previous_end <= clip_at <= start < end <= clip_end <= entry["duration_s"]
+        assert end - start >= 0.3, "shorter than any of the clips' utterances"
+        previous_end = clip_end
+        if turn["aligned_end_s"] is None:
+            assert turn["truth_note"]
+            continue
+        diff = turn["aligned_end_diff_s"]
+        assert diff == pytest.approx(turn["aligned_end_s"] - end, abs=0.0015)
+        assert clip_at <= turn["aligned_start_s"] < turn["aligned_end_s"] <= clip_end
+        if abs(diff) > DISAGREE_S:
+            assert "energy end is the truth" in turn["truth_note"], "a disagreement needs its reason"
+        else:
+            assert "truth_note" not in turn
+    if len(turns) == 1 and "speech_at_s" in entry:  # the single-utterance fields stay for compatibility
+        assert turns[0]["speech_at_s"] == entry["speech_at_s"]
+        assert turns[0]["voice_activity_s"] == entry["voice_activity_s"]
+
+
+def _window(file: str, start_s: float, end_s: float) -> npt.NDArray[np.float64]:
+    return _levels(file)[max(round(start_s / FRAME_S), 0) : round(end_s / FRAME_S)]
+
+
+CLEAN_SPEECH = sorted(f for f in SPEECH_BEARING if "snr_db" not in BY_FILE[f])
+
+
+@pytest.mark.parametrize("file", CLEAN_SPEECH)
+def test_clean_truth_matches_the_audio_on_the_wire(file: str) -> None:
+    """Speech reaches speech_end_s; from 100 ms after it the caller leg is back at the line's noise."""
+    entry = BY_FILE[file]
+    floor = entry["noise_dbfs"]  # the line noise the clip is padded with, at its own background level
+    for turn in entry["turns"]:
+        start, end = turn["speech_start_s"], turn["speech_end_s"]
+        for quiet in (_window(file, end + 0.1, end + 0.6), _window(file, start - 0.5, start - 0.1)):
+            assert len(quiet) >= 10
+            assert float(np.median(quiet)) == pytest.approx(floor, abs=3.0), "not back at the noise floor"
+            # At most a 100 ms click or breath (left out of the truth on purpose) reaches -40 dBFS.
+            assert (quiet > VOICE_DBFS).sum() * FRAME_S <= 0.1
+        # The speech is there right up to its end and from its start: the truth is not in a pause.
+        assert _window(file, end - 0.06, end).max() > floor + 6
+        assert _window(file, start, start + 0.06).max() > floor + 6
+        assert _window(file, start, end).max() > -30
+
+
+NOISY = sorted(f for f in SPEECH_BEARING if "snr_db" in BY_FILE[f])
+
+
+def test_noisy_fixtures_spread_their_snr_over_the_librivox_and_cards_clips() -> None:
+    clips = {BY_FILE[f]["turns"][0]["clip"]: BY_FILE[f]["snr_db"] for f in NOISY}
+    assert set(clips) == {
+        "librivox-0870",
+        "librivox-0880",
+        "librivox-0890",
+        "cards-001",
+        "cards-002",
+        "cards-003",
+    }
+    assert all(10 <= snr <= 20 for snr in clips.values())
+    assert {10.0, 15.0, 20.0} <= set(clips.values())
+    for file in NOISY:
+        assert file == f"speech-noisy-{BY_FILE[file]['turns'][0]['clip']}.pcap"
+
+
+@pytest.mark.parametrize("file", NOISY)
+def test_noisy_fixture_truth_is_its_clean_twins(file: str) -> None:
+    entry = BY_FILE[file]
+    twin = BY_FILE[entry["clean_fixture"]]
+    assert entry["turns"] == twin["turns"], "the truth comes from the clean source, not the noisy audio"
+    assert entry["duration_s"] == twin["duration_s"] and entry["transcript"] == twin["transcript"]
+
+
+@pytest.mark.parametrize("file", NOISY)
+def test_noisy_fixture_snr_measured_on_the_wire(file: str) -> None:
+    """The background actually in the capture is its audio minus its clean twin's (same line noise)."""
+    entry = BY_FILE[file]
+    noisy = _pcm(_caller_leg(entry))
+    clean = _pcm(_caller_leg(BY_FILE[entry["clean_fixture"]]))
+    assert len(noisy) == len(clean)
+    background = noisy - clean  # plus two G.711 quantisations, 20+ dB under the background
+    (turn,) = entry["turns"]
+    span = slice(round(turn["speech_start_s"] * 8000), round(turn["speech_end_s"] * 8000))
+    snr = 10 * math.log10(float(np.mean(clean[span] ** 2)) / float(np.mean(background[span] ** 2)))
+    assert snr == pytest.approx(entry["snr_db"], abs=1.5)
+    # Through the whole call, at the level the manifest gives ...
+    level = 20 * math.log10(math.sqrt(float(np.mean(background**2))) / 32767)
+    assert level == pytest.approx(entry["background_dbfs"], abs=1.0)
+    # ... and a recording, not a steady hiss: babble's 100 ms level swings by decibels.
+    tenths = background[: len(background) // 800 * 800].reshape(-1, 800)
+    swings = 10 * np.log10(np.mean(tenths**2, axis=1))
+    assert float(np.std(swings)) > 1.0
+    source = REPO / entry["noise_source"].split(":")[0]
+    assert source.is_file() and source.parent == FIXTURES / "noise"
+    assert "GPL-3.0" in (source.parent / "README.md").read_text()
+
+
 # --- the script -----------------------------------------------------------------------------------
 
 
-def test_make_fixtures_is_deterministic(tmp_path: Path) -> None:
-    names = ["dtmf-1234"]
-    if (SPEECH_DIR / "cards-001.wav").is_file():
-        names.append("speech-cards-001")  # exercises the resampler and the noise floor too
-        names.append("agent-backchannel")  # and scripts/agent_fixtures.py, imported by the script
+def _rebuild(tmp_path: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     argv = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--speech-dir", str(SPEECH_DIR)]
     for name in names:
         argv += ["--only", name]
-    subprocess.run(argv, check=True, capture_output=True, timeout=120)
-    rebuilt = {e["file"]: e for e in json.loads((tmp_path / "manifest.json").read_text())["fixtures"]}
+    subprocess.run(argv, check=True, capture_output=True, timeout=300)
     for name in names:
         file = f"{name}.pcap"
         assert (tmp_path / file).read_bytes() == (FIXTURES / file).read_bytes(), f"{file} differs"
-        assert rebuilt[file] == BY_FILE[file]
+    return {e["file"]: e for e in json.loads((tmp_path / "manifest.json").read_text())["fixtures"]}
+
+
+def _without_aligner(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry less the aligner's fields: Whisper's times may move a frame on another CPU."""
+    out = dict(entry)
+    out["turns"] = [
+        {k: v for k, v in t.items() if not k.startswith("aligned_") and k != "truth_note"}
+        for t in entry.get("turns", [])
+    ]
+    return out
+
+
+def test_make_fixtures_is_deterministic(tmp_path: Path) -> None:
+    rebuilt = _rebuild(tmp_path, ["dtmf-1234"])
+    assert rebuilt["dtmf-1234.pcap"] == BY_FILE["dtmf-1234.pcap"]
+
+
+def test_make_fixtures_rebuilds_speech_and_its_truth(tmp_path: Path) -> None:
+    if not (SPEECH_DIR / "cards-001.wav").is_file():
+        pytest.skip(f"no shared speech in {SPEECH_DIR}")
+    require_models(ALIGNER_MODEL / "model.bin")  # the truth's cross-check runs Whisper
+    # The resampler and noise floor; scripts/agent_fixtures.py; real noise mixed at a given SNR.
+    names = ["speech-cards-001", "agent-backchannel", "speech-noisy-cards-001"]
+    rebuilt = _rebuild(tmp_path, names)
+    for name in names:
+        file = f"{name}.pcap"
+        assert _without_aligner(rebuilt[file]) == _without_aligner(BY_FILE[file])
+        for new, old in zip(rebuilt[file]["turns"], BY_FILE[file]["turns"], strict=True):
+            assert new["aligned_end_s"] == pytest.approx(old["aligned_end_s"], abs=0.06)
