@@ -169,7 +169,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     inference = await start_inference(inference_config(settings))
     load_s = time.perf_counter() - started
     impaired = Impairments(loss=args.loss, jitter_ms=args.jitter_ms, reorder=args.reorder, seed=1)
-    networks = [Condition("clean", Impairments()), Condition("impaired", impaired)]
+    networks = [Condition("clean", Impairments())]
+    if not args.clean_only:
+        networks.append(Condition("impaired", impaired))
     try:
         for condition in networks:
             for repeat in range(args.repeat):
@@ -280,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss", type=float, default=0.03)
     parser.add_argument("--jitter-ms", type=float, default=30.0)
     parser.add_argument("--reorder", type=float, default=0.01)
+    parser.add_argument("--clean-only", action="store_true", help="no impaired-network run (a quicker look)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
