@@ -1,20 +1,17 @@
 #!/usr/bin/env python3
 """Endpointing on human telephone speech: WebRTC VAD against Silero VAD, and Smart Turn v3.
 
-Run it (about two minutes on a 2-core box; the embedded models must be installed)::
+Run it (under a minute on a 2-core box; the embedded models must be installed)::
 
     .venv/bin/python scripts/eval_endpointing.py [--draws N] [--skip-smart-turn] [--skip-costs]
 
-Audio. The eight human recordings with a ground truth in ``fixtures/manifest.json`` (LibriVox
-0870/0880/0890, cards 001-003, goforward, numbers): each fixture's caller audio as it is on the wire
-(16 kHz source → 8 kHz → G.711 µ-law, with line noise around it), decoded from the capture, plus
-``TAIL_S`` more of Gaussian line noise at the fixture's own level so every clip has room after its
-end. *Clean* is that; *N dB* adds the real pub background of ``fixtures/noise/pub-ambience.wav``
-(crowd babble and glasses) over the whole call at N dB SNR (speech over background power across the
-turn's true speech, at 8 kHz, as ``scripts/noisy_fixtures.py`` defines it), ``--draws`` excerpts per
-clip and level, then µ-law again. The truth is each turn's ``speech_start_s`` / ``speech_end_s`` (from
-the clean 16 kHz source's energy envelope). The committed ``speech-noisy-*`` fixtures are measured
-too, as they are. *Noise only*: the whole pub excerpt, without speech, at the three levels.
+Audio (built by ``scripts/endpointing_audio.py``, whose docstring has the details). The eight human
+recordings with a ground truth in ``fixtures/manifest.json`` (LibriVox 0870/0880/0890, cards 001-003,
+goforward, numbers) as calls: 8 kHz, µ-law, with the recording's own room tone around it. *Clean*
+is that; *N dB* adds a real pub's background (``fixtures/noise/pub-ambience.wav``) over the whole
+call at N dB SNR, ``--draws`` excerpts per recording and level. *Noise only*: the whole pub excerpt
+at the three mixes' levels. *Fixtures*: the committed ``speech-*`` captures as they are (their
+padding has a step in the background that Silero reacts to; see that docstring).
 
 VAD. Each VAD decides every 20 ms frame in order; its decisions drive the real
 :class:`~sipagent.voice.turns.TurnDetector` (default config: 120 ms to start, 300 ms of silence to
@@ -56,31 +53,41 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import wave  # noqa: E402
-import zlib  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from functools import cache  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-import numpy.typing as npt  # noqa: E402
 import webrtcvad  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sipagent.replay.capture import load_caller_leg  # noqa: E402
-from sipagent.rtp.frames import FRAME_SECONDS, SAMPLE_RATE, SAMPLES_PER_FRAME, Pcm  # noqa: E402
-from sipagent.rtp.g711 import decode, ulaw_decode, ulaw_encode  # noqa: E402
+from endpointing_audio import (  # noqa: E402  (beside this script)
+    CLIPS,
+    FIXTURES,
+    SNRS,
+    SPEECH,
+    Case,
+    Utterance,
+    build_cases,
+    capture_audio,
+    frames,
+    load_utterance,
+    manifest,
+    mixed,
+    on_the_line,
+)
+
+from sipagent.rtp.frames import FRAME_SECONDS, SAMPLE_RATE, Pcm  # noqa: E402
 from sipagent.voice.models import DEFAULT_STT_MODEL, missing_models_message, resolve_model_path  # noqa: E402
-from sipagent.voice.resample import resample_float  # noqa: E402
 from sipagent.voice.silero_vad import (  # noqa: E402
     DEFAULT_SILERO_MODEL,
     UPSTREAM_HYSTERESIS,
@@ -88,32 +95,15 @@ from sipagent.voice.silero_vad import (  # noqa: E402
     SileroVad,
 )
 from sipagent.voice.smart_turn import DEFAULT_SMART_TURN_MODEL, PRE_SPEECH_S, SmartTurn  # noqa: E402
-from sipagent.voice.turns import BargeIn, CallerStarted, EndOfTurn, TurnDetector  # noqa: E402
+from sipagent.voice.turns import BargeIn, EndOfTurn, TurnDetector  # noqa: E402
 from sipagent.voice.vad import Vad, WebRtcVad  # noqa: E402
 
-FIXTURES = ROOT / "fixtures"
-SPEECH = ROOT.parent / "shared" / "speech"
-NOISE = FIXTURES / "noise" / "pub-ambience.wav"
-CLIPS = (
-    "librivox-0870",
-    "librivox-0880",
-    "librivox-0890",
-    "cards-001",
-    "cards-002",
-    "cards-003",
-    "goforward",
-    "numbers",
-)
 #: Smart Turn needs words; numbers.raw has no reference and is a list, not a sentence.
 SENTENCES = CLIPS[:-1]
 #: Whole utterances after which the reader goes on: librivox-0880 ends at a comma ("He was not an
 #: ill-disposed young man, unless to be rather cold hearted ...", Sense and Sensibility, ch. 1; 0890 is
 #: the rest of the clause, up to a colon). The one natural mid-sentence stop in the set.
 CONTINUES = frozenset({"librivox-0880"})
-SNRS = (20.0, 15.0, 10.0)
-#: Room tone before and after each recording in a call (seconds).
-LEAD_S = 0.5
-TAIL_S = 1.5
 #: Frames after the true end this long are past any honest hangover: voiced there is noise.
 AFTER_END_S = 0.3
 TRAILS = (0.1, 0.2, 0.3)
@@ -122,185 +112,6 @@ FUNCTION_WORDS = frozenset(
     {"a", "an", "the", "to", "of", "and", "or", "but", "in", "at", "for", "with", "his", "her", "my", "than"}
 )
 F = FRAME_SECONDS
-
-Float = npt.NDArray[np.float64]
-
-
-# ---------------------------------------------------------------------------------------------
-# Audio
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Utterance:
-    """One recording as a call's audio (see :func:`load_utterance`) and its truth, in call time."""
-
-    clip: str
-    audio: Pcm
-    start: float
-    end: float
-    #: Where the recording starts in the call audio.
-    speech_at: float
-
-
-@dataclass(frozen=True)
-class Case:
-    """Audio to run a VAD over, with the truth (start = end = inf: no speech at all)."""
-
-    name: str
-    condition: str
-    audio: Pcm
-    start: float
-    end: float
-
-
-def manifest() -> dict[str, Any]:
-    """The fixtures' manifest entries by file name."""
-    entries = json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]
-    return {entry["file"]: entry for entry in entries}
-
-
-def capture_audio(path: Path) -> Pcm:
-    """The caller's audio in a capture, decoded, one 20 ms frame per packet (checked contiguous)."""
-    leg = load_caller_leg(path)
-    first = leg.packets[0].packet.timestamp
-    for i, timed in enumerate(leg.packets):
-        if (timed.packet.timestamp - first) % (1 << 32) != i * SAMPLES_PER_FRAME:
-            raise SystemExit(f"{path.name}: packet {i} is not contiguous; this script assumes no gaps")
-    return np.concatenate([decode(timed.packet.payload, leg.codec) for timed in leg.packets])
-
-
-def seeded(*key: object) -> np.random.RandomState:
-    """A RandomState seeded by a name (numpy's legacy streams never change)."""
-    return np.random.RandomState(zlib.crc32("/".join(map(str, key)).encode()))
-
-
-def source(clip: str) -> Float:
-    """The clean 16 kHz recording at 8 kHz (int16 units, float)."""
-    wav_path = SPEECH / f"{clip}.wav"
-    if wav_path.exists():
-        with wave.open(str(wav_path)) as wav:
-            rate, raw = wav.getframerate(), wav.readframes(wav.getnframes())
-    else:
-        rate, raw = 16000, (SPEECH / f"{clip}.raw").read_bytes()
-    x = np.frombuffer(raw, dtype="<i2").astype(np.float32)
-    return resample_float(x, rate, SAMPLE_RATE).astype(np.float64)
-
-
-def room_tone(x: Float, quiet: npt.NDArray[np.bool_], n: int, rng: np.random.RandomState) -> Float:
-    """``n`` samples of Gaussian noise with the spectrum and level of the recording's own background
-    (the quieter half of its 32 ms windows outside the speech)."""
-    hop, size = 128, 256
-    windows = np.array([x[i : i + size] for i in range(0, len(x) - size, hop) if quiet[i : i + size].all()])
-    energy = np.mean(windows * windows, axis=1)
-    windows = windows[energy <= np.median(energy)]
-    psd = np.mean(np.abs(np.fft.rfft(windows * np.hanning(size), axis=1)) ** 2, axis=0)
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    gain = np.sqrt(np.interp(np.linspace(0, 1, len(spectrum)), np.linspace(0, 1, len(psd)), psd))
-    y = np.fft.irfft(spectrum * gain, n)
-    return y * math.sqrt(float(np.mean(windows * windows)) / float(np.mean(y * y)))
-
-
-def load_utterance(clip: str, entries: dict[str, Any]) -> Utterance:
-    """The recording as a call: ``LEAD_S`` of its own room tone, the recording, ``TAIL_S`` of room
-    tone, joined by 20 ms equal-power crossfades; through µ-law. The truth is the manifest's.
-
-    Not the committed fixture's audio: there the recording is padded with white line noise, and the
-    step from the room's coloured background to it, 0.15-0.4 s after every end, is something Silero
-    calls speech for 100-300 ms (the fixtures' rows show it); a real line has no such step.
-    """
-    (turn,) = entries[f"speech-{clip}.pcap"]["turns"]
-    x = source(clip)
-    at = turn["speech_at_s"][0]
-    start, end = turn["speech_start_s"] - at, turn["speech_end_s"] - at
-    t = np.arange(len(x)) / SAMPLE_RATE
-    quiet = (t < start - 0.05) | (t > end + 0.1)
-    rng = seeded("room", clip)
-    fade = SAMPLES_PER_FRAME
-    lead = room_tone(x, quiet, round(LEAD_S * SAMPLE_RATE) + fade, rng)
-    tail = room_tone(x, quiet, round(TAIL_S * SAMPLE_RATE) + fade, rng)
-    up = np.sin(np.linspace(0, np.pi / 2, fade))
-    down = up[::-1]
-    audio = np.concatenate(
-        [
-            lead[:-fade],
-            lead[-fade:] * down + x[:fade] * up,
-            x[fade:-fade],
-            x[-fade:] * down + tail[:fade] * up,
-            tail[fade:],
-        ]
-    )
-    audio = audio[: len(audio) // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME]
-    return Utterance(clip, on_the_line(audio), start + LEAD_S, end + LEAD_S, LEAD_S)
-
-
-@cache
-def background() -> Float:
-    """The pub recording at 8 kHz (int16 units, float)."""
-    with wave.open(str(NOISE)) as wav:
-        rate = wav.getframerate()
-        x = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.float32)
-    return resample_float(x, rate, SAMPLE_RATE).astype(np.float64)
-
-
-def noise_excerpt(length: int, *key: object) -> Float:
-    """``length`` samples of the pub recording from a seeded offset (never its first/last 50 ms)."""
-    bg = background()
-    edge = SAMPLE_RATE // 20
-    offset = int(seeded(*key).randint(edge, len(bg) - edge - length))
-    return bg[offset : offset + length]
-
-
-def snr_gain(clean: Pcm, noise: Float, start: float, end: float, snr_db: float) -> float:
-    """The noise gain that puts speech over noise at ``snr_db`` across [start, end)."""
-    a, b = round(start * SAMPLE_RATE), round(end * SAMPLE_RATE)
-    speech = clean[a:b].astype(np.float64)
-    p_speech, p_noise = float(np.mean(speech * speech)), float(np.mean(noise[a:b] ** 2))
-    return math.sqrt(p_speech / (p_noise * 10 ** (snr_db / 10)))
-
-
-def on_the_line(x: Float) -> Pcm:
-    """Samples through µ-law and back, clipped to 16 bits first."""
-    pcm = np.clip(np.rint(x), -32768, 32767).astype(np.int16)
-    return ulaw_decode(ulaw_encode(pcm))
-
-
-def mixed(utt: Utterance, snr_db: float, draw: int) -> tuple[Pcm, Float, float]:
-    """The utterance with the pub background at ``snr_db``; also the excerpt and its gain."""
-    noise = noise_excerpt(len(utt.audio), "mix", utt.clip, snr_db, draw)
-    gain = snr_gain(utt.audio, noise, utt.start, utt.end, snr_db)
-    return on_the_line(utt.audio + gain * noise), noise, gain
-
-
-def build_cases(utts: Sequence[Utterance], draws: int, entries: dict[str, Any]) -> list[Case]:
-    """Clean, each SNR (``draws`` excerpts each), noise only, and the committed fixtures as they are."""
-    cases = [Case(u.clip, "clean", u.audio, u.start, u.end) for u in utts]
-    gains: dict[float, list[float]] = {snr: [] for snr in SNRS}
-    for snr in SNRS:
-        for u in utts:
-            for draw in range(draws):
-                audio, _, gain = mixed(u, snr, draw)
-                gains[snr].append(gain)
-                cases.append(Case(f"{u.clip}#{draw}", f"{snr:.0f} dB", audio, u.start, u.end))
-    line = seeded("line").standard_normal(len(background())) * 32768 * 10 ** (-47 / 20)
-    for snr in SNRS:
-        gain = float(np.median(gains[snr]))
-        audio = on_the_line(line + gain * background())
-        cases.append(Case("pub", f"noise only ({snr:.0f} dB level)", audio, math.inf, math.inf))
-    for name, entry in sorted(entries.items()):
-        if (
-            name.startswith("speech-")
-            and name.removesuffix(".pcap").split("-", 1)[1].removeprefix("noisy-") in CLIPS
-        ):
-            (turn,) = entry["turns"]
-            condition = "fixtures, noisy" if "snr_db" in entry else "fixtures, clean"
-            audio = capture_audio(FIXTURES / name)
-            cases.append(Case(name, condition, audio, turn["speech_start_s"], turn["speech_end_s"]))
-    return cases
-
-
-def frames(audio: Pcm) -> list[Pcm]:
-    """The audio as whole 20 ms frames."""
-    n = len(audio) // SAMPLES_PER_FRAME
-    return [audio[i * SAMPLES_PER_FRAME : (i + 1) * SAMPLES_PER_FRAME] for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +122,6 @@ class Turn:
     """A turn as the detector saw it."""
 
     start: float
-    decided: float
     last_end: float
     eot_at: float
 
@@ -340,18 +150,15 @@ def detect(voiced: Sequence[bool], *, agent: bool) -> tuple[list[Turn], list[Bar
     detector = TurnDetector()
     turns: list[Turn] = []
     barge_ins: list[BargeIn] = []
-    decided = math.nan
     for i, v in enumerate(voiced):
         for event in detector.push(v, i * F, agent_speaking=agent):
-            if isinstance(event, CallerStarted):
-                decided = event.at
-            elif isinstance(event, BargeIn):
+            if isinstance(event, BargeIn):
                 barge_ins.append(event)
             elif isinstance(event, EndOfTurn):
-                turns.append(Turn(event.speech_started_at, decided, event.last_voiced_at + F, event.at))
+                turns.append(Turn(event.speech_started_at, event.last_voiced_at + F, event.at))
     if detector.speech_started_at is not None and detector.state.value in ("speaking", "paused"):
         assert detector.last_voiced_at is not None
-        turns.append(Turn(detector.speech_started_at, decided, detector.last_voiced_at + F, math.inf))
+        turns.append(Turn(detector.speech_started_at, detector.last_voiced_at + F, math.inf))
     return turns, barge_ins
 
 
@@ -376,7 +183,7 @@ def evaluate_vad(case: Case, vad: Vad) -> VadResult:
     """Run one fresh VAD over one case."""
     voiced = [vad.is_speech(frame) for frame in frames(case.audio)]
     turns, _ = detect(voiced, agent=False)
-    barge_turns, barge_ins = detect(voiced, agent=True)
+    _, barge_ins = detect(voiced, agent=True)
     result = VadResult()
     if math.isinf(case.start):  # noise only
         result.noise_minutes = len(voiced) * F / 60
@@ -400,7 +207,6 @@ def evaluate_vad(case: Case, vad: Vad) -> VadResult:
     result.end_err = last.last_end - case.end
     result.held = math.isinf(last.eot_at)
     result.eot_after = None if result.held else last.eot_at - case.end
-    del barge_turns
     return result
 
 
@@ -468,105 +274,101 @@ def in_group(case: Case, group: str) -> bool:
     return case.condition == group
 
 
+Column = tuple[str, Callable[[list[VadResult]], str]]
+
+
+def _ends(rs: list[VadResult]) -> list[float]:
+    return [r.end_err for r in rs if r.end_err is not None and not r.premature]
+
+
+def _eots(rs: list[VadResult]) -> list[float]:
+    return [r.eot_after for r in rs if r.eot_after is not None and not r.premature]
+
+
+def _onsets(rs: list[VadResult]) -> list[float]:
+    return [r.onset_err for r in rs if r.onset_err is not None]
+
+
+def _count(name: str) -> Callable[[list[VadResult]], str]:
+    return lambda rs: str(sum(bool(getattr(r, name)) for r in rs))
+
+
+END_COLUMNS: list[Column] = [
+    ("n", lambda rs: str(len(rs))),
+    ("end err p50", lambda rs: ms(pct(_ends(rs), 50))),
+    ("p10", lambda rs: ms(pct(_ends(rs), 10))),
+    ("p90", lambda rs: ms(pct(_ends(rs), 90))),
+    ("EndOfTurn p50", lambda rs: ms(pct(_eots(rs), 50))),
+    ("p90", lambda rs: ms(pct(_eots(rs), 90))),
+    ("premature", _count("premature")),
+    ("held", _count("held")),
+    ("missed", _count("missed")),
+]
+AROUND_COLUMNS: list[Column] = [
+    ("gaps ≥100 ms /utt", lambda rs: f"{np.mean([r.gaps100 for r in rs]):.2f}"),
+    ("gaps ≥300 ms /utt", lambda rs: f"{np.mean([r.gaps300 for r in rs]):.2f}"),
+    ("voiced after end", lambda rs: f"{100 * np.mean([r.after_voiced for r in rs]):.0f} %"),
+    ("false turns", lambda rs: str(sum(r.false_turns for r in rs))),
+    ("onset p50", lambda rs: ms(pct(_onsets(rs), 50))),
+    ("p90", lambda rs: ms(pct(_onsets(rs), 90))),
+    ("barge-in p50", lambda rs: ms(pct([r.barge_after for r in rs if r.barge_after is not None], 50))),
+    ("no barge-in", lambda rs: str(sum(r.barge_after is None for r in rs))),
+    ("false barge-ins", lambda rs: str(sum(r.false_barge_ins for r in rs))),
+]
+NOISE_COLUMNS: list[Column] = [
+    ("voiced frames", lambda rs: f"{100 * np.mean([r.after_voiced for r in rs]):.0f} %"),
+    (
+        "false turns /min",
+        lambda rs: f"{sum(r.false_turns for r in rs) / sum(r.noise_minutes for r in rs):.1f}",
+    ),
+    (
+        "false barge-ins /min",
+        lambda rs: f"{sum(r.false_barge_ins for r in rs) / sum(r.noise_minutes for r in rs):.1f}",
+    ),
+]
+
+
 def vad_section(cases: Sequence[Case], model: SileroModel) -> None:
     """Run every VAD over every case and print the tables."""
-    results: dict[str, list[tuple[Case, VadResult]]] = {}
-    for label, make in vad_configs(model):
-        results[label] = [(case, evaluate_vad(case, make())) for case in cases]
+    results = {label: [(c, evaluate_vad(c, make())) for c in cases] for label, make in vad_configs(model)}
     groups = condition_groups(cases)
-    speech_groups = [g for g in groups if not g.startswith("noise only")]
-    print("### End of speech (per utterance; ms, + = after the true end)\n")
+    speech = [g for g in groups if not g.startswith("noise only")]
+    noise = [g for g in groups if g.startswith("noise only")]
+    for title, rows_of, columns in (
+        ("End of speech (per utterance; ms, + = after the true end)", speech, END_COLUMNS),
+        ("Inside and around the speech", speech, AROUND_COLUMNS),
+        ("Noise only (the pub excerpt, 20 s, at each mix's median level)", noise, NOISE_COLUMNS),
+    ):
+        print(f"### {title}\n")
+        rows = []
+        for group in rows_of:
+            for label, pairs in results.items():
+                rs = [r for c, r in pairs if in_group(c, group)]
+                rows.append([group, label, *(cell(rs) for _, cell in columns)])
+        table(["audio", "VAD", *(name for name, _ in columns)], rows)
+
+
+def barge_in_fixtures(entries: dict[str, Any], model: SileroModel) -> None:
+    """The agent fixtures, the agent talking from its expected reply on: when the real barge-in is
+    decided, and whether the word "ten" and the cough over the reply interrupt it (they must not)."""
+    print("### Barge-in fixtures (agent speaking from agent_reply_expected_s on)\n")
     rows = []
-    for group in speech_groups:
-        for label, pairs in results.items():
-            rs = [r for c, r in pairs if in_group(c, group)]
-            errs = [r.end_err for r in rs if r.end_err is not None and not r.premature]
-            eots = [r.eot_after for r in rs if r.eot_after is not None and not r.premature]
-            rows.append(
-                [
-                    group,
-                    label,
-                    str(len(rs)),
-                    ms(pct(errs, 50)),
-                    ms(pct(errs, 10)),
-                    ms(pct(errs, 90)),
-                    ms(pct(eots, 50)),
-                    ms(pct(eots, 90)),
-                    f"{sum(r.premature for r in rs)}",
-                    f"{sum(r.held for r in rs)}",
-                    f"{sum(r.missed for r in rs)}",
-                ]
-            )
-    table(
-        [
-            "audio",
-            "VAD",
-            "n",
-            "end err p50",
-            "p10",
-            "p90",
-            "EndOfTurn p50",
-            "p90",
-            "premature",
-            "held",
-            "missed",
-        ],
-        rows,
-    )
-    print("### Inside and around the speech\n")
-    rows = []
-    for group in speech_groups:
-        for label, pairs in results.items():
-            rs = [r for c, r in pairs if in_group(c, group)]
-            onsets = [r.onset_err for r in rs if r.onset_err is not None]
-            barges = [r.barge_after for r in rs if r.barge_after is not None]
-            rows.append(
-                [
-                    group,
-                    label,
-                    f"{np.mean([r.gaps100 for r in rs]):.2f}",
-                    f"{np.mean([r.gaps300 for r in rs]):.2f}",
-                    f"{100 * np.mean([r.after_voiced for r in rs]):.0f} %",
-                    f"{sum(r.false_turns for r in rs)}",
-                    ms(pct(onsets, 50)),
-                    ms(pct(onsets, 90)),
-                    ms(pct(barges, 50)),
-                    f"{sum(r.barge_after is None for r in rs)}",
-                    f"{sum(r.false_barge_ins for r in rs)}",
-                ]
-            )
-    table(
-        [
-            "audio",
-            "VAD",
-            "gaps ≥100 ms /utt",
-            "gaps ≥300 ms /utt",
-            "voiced after end",
-            "false turns",
-            "onset p50",
-            "p90",
-            "barge-in p50",
-            "no barge-in",
-            "false barge-ins",
-        ],
-        rows,
-    )
-    print("### Noise only (the pub excerpt, 20 s, at each mix's median level)\n")
-    rows = []
-    for group in [g for g in groups if g.startswith("noise only")]:
-        for label, pairs in results.items():
-            rs = [r for c, r in pairs if in_group(c, group)]
-            minutes = sum(r.noise_minutes for r in rs)
-            rows.append(
-                [
-                    group,
-                    label,
-                    f"{100 * np.mean([r.after_voiced for r in rs]):.0f} %",
-                    f"{sum(r.false_turns for r in rs) / minutes:.1f}",
-                    f"{sum(r.false_barge_ins for r in rs) / minutes:.1f}",
-                ]
-            )
-    table(["audio", "VAD", "voiced frames", "false turns /min", "false barge-ins /min"], rows)
+    for label, make in vad_configs(model):
+        cells = []
+        for name in ("agent-barge-in.pcap", "agent-backchannel.pcap"):
+            entry = entries[name]
+            vad, detector = make(), TurnDetector()
+            barge_ins = []
+            for i, frame in enumerate(frames(capture_audio(FIXTURES / name))):
+                agent = i * F >= entry["agent_reply_expected_s"][0]
+                events = detector.push(vad.is_speech(frame), i * F, agent_speaking=agent)
+                barge_ins += [e.at for e in events if isinstance(e, BargeIn)]
+            if "barge_in_at_s" in entry:
+                cells.append(ms(barge_ins[0] - entry["barge_in_at_s"]) if barge_ins else "none")
+            else:
+                cells.append(", ".join(f"{t:.2f} s" for t in barge_ins) or "none")
+        rows.append([label, *cells])
+    table(["VAD", "agent-barge-in: decided after the voice starts", "agent-backchannel: barge-ins"], rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -680,14 +482,8 @@ def smart_turn_section(utts: Sequence[Utterance], model: SmartTurn) -> None:
                     if noise is not None:
                         # The background runs on unbroken under the splice, as it would on the line.
                         audio = on_the_line(clean + gain * noise[s0 : s0 + len(clean)])
-                    sample = TurnSample(
-                        utt.clip,
-                        condition,
-                        trail,
-                        word.text if word else "(whole)",
-                        whole if word is None else "cut",
-                        word is not None and word.text in FUNCTION_WORDS,
-                    )
+                    text, kind = (word.text, "cut") if word else ("(whole)", whole)
+                    sample = TurnSample(utt.clip, condition, trail, text, kind, text in FUNCTION_WORDS)
                     sample.probability = model.probability(audio)
                     samples.append(sample)
     print("### Smart Turn: cut points (word@seconds into the call, after the quietest-10-ms snap)\n")
@@ -705,31 +501,17 @@ def smart_turn_section(utts: Sequence[Utterance], model: SmartTurn) -> None:
             cont = [s.probability for s in group if s.kind == "continues"]
             cut_ps = [s.probability for s in group if s.kind == "cut"]
             fun = [s.probability for s in group if s.function_word]
-            rows.append(
-                [
-                    f"{trail * 1000:.0f} ms",
-                    condition,
-                    f"{np.median(comp):.2f} ({min(comp):.2f})",
-                    f"{100 * np.mean([p > 0.5 for p in comp]):.0f} %",
-                    " ".join(f"{p:.2f}" for p in cont),
-                    f"{np.median(cut_ps):.2f}",
-                    f"{100 * np.mean([p <= 0.5 for p in cut_ps]):.0f} % of {len(cut_ps)}",
-                    f"{100 * np.mean([p <= 0.5 for p in fun]):.0f} % of {len(fun)}",
-                ]
-            )
-    table(
-        [
-            "silence after",
-            "audio",
-            "complete p50 (min)",
-            "complete > 0.5",
-            "continues",
-            "cut p50",
-            "cut ≤ 0.5",
-            "cut after a function word ≤ 0.5",
-        ],
-        rows,
-    )
+            cells = [
+                f"{np.median(comp):.2f} ({min(comp):.2f})",
+                f"{100 * np.mean([p > 0.5 for p in comp]):.0f} %",
+                " ".join(f"{p:.2f}" for p in cont),
+                f"{np.median(cut_ps):.2f}",
+                f"{100 * np.mean([p <= 0.5 for p in cut_ps]):.0f} % of {len(cut_ps)}",
+                f"{100 * np.mean([p <= 0.5 for p in fun]):.0f} % of {len(fun)}",
+            ]
+            rows.append([f"{trail * 1000:.0f} ms", condition, *cells])
+    columns = "complete p50 (min)|complete > 0.5|continues|cut p50|cut ≤ 0.5|cut after a function word ≤ 0.5"
+    table(["silence after", "audio", *columns.split("|")], rows)
     print("### Smart Turn per clip (clean, 200 ms of silence after): whole, then each cut\n")
     for clip in SENTENCES:
         group = [s for s in samples if s.clip == clip and s.trail == 0.2 and s.condition == "clean"]
@@ -755,14 +537,8 @@ def policy_section(samples: Sequence[TurnSample]) -> None:
     print(f"({len(cut)}) answered over, for L = 400 and 1000 ms.\n")
     rows = []
     for wait in (300, 500, 800, 1200):
-        rows.append(
-            [
-                f"fixed {wait} ms",
-                f"{wait}",
-                "—",
-                *("100 %" if pause > wait else "0 %" for pause in (400, 1000) for _ in (0, 1)),
-            ]
-        )
+        cut_at = ["100 %" if pause > wait else "0 %" for pause in (400, 400, 1000, 1000)]
+        rows.append([f"fixed {wait} ms", f"{wait}", "—", *cut_at])
     for t in (0.5, 0.7, 0.9):
         for x, y in ((200, 800), (300, 800), (300, 1200)):
             waits = [x if p >= t else y for p in comp]
@@ -773,34 +549,21 @@ def policy_section(samples: Sequence[TurnSample]) -> None:
                 for ps in (cont, cut)
             ]
             rows.append([f"P ≥ {t}: {x} ms, else {y} ms", f"{np.mean(waits):.0f}", f"{slow:.0f} %", *shares])
-    table(
-        [
-            "policy",
-            "mean wait, complete (ms)",
-            "complete waiting Y",
-            "clause pause 400 ms cut",
-            "cuts, 400 ms",
-            "clause pause 1000 ms",
-            "cuts, 1000 ms",
-        ],
-        rows,
-    )
+    columns = "clause pause 400 ms cut|cuts, 400 ms|clause pause 1000 ms|cuts, 1000 ms"
+    table(["policy", "mean wait, complete (ms)", "complete waiting Y", *columns.split("|")], rows)
 
 
 # ---------------------------------------------------------------------------------------------
 # Costs
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Timing:
-    """Wall times of repeated calls (seconds)."""
-
-    samples: list[float] = field(default_factory=list)
-
-    def add(self, seconds: float) -> None:
-        self.samples.append(seconds)
-
-    def us(self, q: float = 50) -> str:
-        return f"{np.percentile(self.samples, q) * 1e6:.1f}"
+def timed(call: Callable[[], object], times: int) -> list[float]:
+    """Wall time of each of ``times`` calls (seconds)."""
+    out = []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def costs_section(utts: Sequence[Utterance], silero: SileroModel, smart: SmartTurn, reps: int) -> None:
@@ -808,49 +571,37 @@ def costs_section(utts: Sequence[Utterance], silero: SileroModel, smart: SmartTu
     stream = [f for u in utts for f in frames(u.audio)]
     print(f"### CPU cost (one thread; {len(stream)} frames of the clean calls x {reps}; shared 2-core box)\n")
     rows = []
-    for label, make in (("webrtc-2 (today)", lambda: WebRtcVad(2)), ("silero", lambda: SileroVad(silero))):
-        per_frame = Timing()
+    makers: list[tuple[str, Callable[[], Vad]]] = [
+        ("webrtc-2 (today)", lambda: WebRtcVad(2)),
+        ("silero 0.7/0.7", lambda: SileroVad(silero)),
+    ]
+    for label, make in makers:
+        per_frame: list[float] = []
         for _ in range(reps):
             vad = make()
             for frame in stream:
                 t0 = time.perf_counter()
                 vad.is_speech(frame)
-                per_frame.add(time.perf_counter() - t0)
-        mean = float(np.mean(per_frame.samples)) * 1e6
-        rows.append([label, per_frame.us(50), f"{mean:.1f}", per_frame.us(99)])
+                per_frame.append(time.perf_counter() - t0)
+        us = [float(np.percentile(per_frame, q)) * 1e6 for q in (50, 99)]
+        rows.append([label, f"{us[0]:.1f}", f"{float(np.mean(per_frame)) * 1e6:.1f}", f"{us[1]:.1f}"])
     table(["VAD", "per frame p50 (µs)", "mean (µs)", "p99 (µs)"], rows)
-    window = np.zeros((1, 288), dtype=np.float32)
-    rng = np.random.RandomState(0)
-    rows = []
+    rng, rows = np.random.RandomState(0), []
     for batch in (1, 10, 100):
-        timing = Timing()
         x = (rng.standard_normal((batch, 288)) * 0.05).astype(np.float32)
         state = np.zeros((2, batch, 128), dtype=np.float32)
-        for _ in range(max(20, 2000 // batch)):
-            t0 = time.perf_counter()
-            silero.run(x, state)
-            timing.add(time.perf_counter() - t0)
-        p50 = float(np.median(timing.samples)) * 1e6
+        p50 = float(np.median(timed(partial(silero.run, x, state), max(20, 2000 // batch)))) * 1e6
         rows.append([str(batch), f"{p50:.0f}", f"{p50 / batch:.1f}"])
-    del window
     table(["Silero windows per run (calls batched)", "run p50 (µs)", "per window (µs)"], rows)
     audio = np.concatenate([u.audio for u in utts])[: 8 * SAMPLE_RATE]
-    features, whole = Timing(), Timing()
-    for _ in range(max(10, reps * 10)):
-        t0 = time.perf_counter()
-        smart.features(audio)
-        features.add(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        smart.probability(audio)
-        whole.add(time.perf_counter() - t0)
-    ms_ = [float(np.percentile(t.samples, q)) * 1e3 for t in (features, whole) for q in (50, 90)]
-    table(
-        ["Smart Turn (8 s window)", "p50 (ms)", "p90 (ms)"],
-        [
-            ["features (resample, log-mel)", f"{ms_[0]:.1f}", f"{ms_[1]:.1f}"],
-            ["whole inference", f"{ms_[2]:.1f}", f"{ms_[3]:.1f}"],
-        ],
-    )
+    rows = []
+    for label, call in (
+        ("features (resample, log-mel)", smart.features),
+        ("whole inference", smart.probability),
+    ):
+        times = timed(partial(call, audio), max(10, reps * 10))
+        rows.append([label, *(f"{float(np.percentile(times, q)) * 1e3:.1f}" for q in (50, 90))])
+    table(["Smart Turn (8 s window)", "p50 (ms)", "p90 (ms)"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -874,6 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     silero = SileroModel()
     print(f"## Endpointing on human telephone speech ({len(utts)} recordings, {len(cases)} cases)\n")
     vad_section(cases, silero)
+    barge_in_fixtures(entries, silero)
     if not args.skip_smart_turn or not args.skip_costs:
         smart = SmartTurn()
     if not args.skip_smart_turn:
