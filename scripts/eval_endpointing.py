@@ -107,6 +107,8 @@ CONTINUES = frozenset({"librivox-0880"})
 #: Frames after the true end this long are past any honest hangover: voiced there is noise.
 AFTER_END_S = 0.3
 TRAILS = (0.1, 0.2, 0.3)
+#: Pauses (ms) of a speaker who goes on, for the wait policies.
+PAUSES = (250, 400, 1000)
 #: Words that cannot end an English sentence: a cut after one is incomplete beyond doubt.
 FUNCTION_WORDS = frozenset(
     {"a", "an", "the", "to", "of", "and", "or", "but", "in", "at", "for", "with", "his", "her", "my", "than"}
@@ -534,10 +536,10 @@ def policy_section(samples: Sequence[TurnSample]) -> None:
     print("after a Silero end that is ~80 ms late). Over all four audio conditions: the mean wait after a")
     print(f"complete utterance ({len(comp)}); a speaker who pauses L ms and goes on is cut when P ≥ t and")
     print(f"L > X, or when L > Y: the share of the natural clause pause ({len(cont)}) and of the cuts")
-    print(f"({len(cut)}) answered over, for L = 400 and 1000 ms.\n")
+    print(f"({len(cut)}) answered over, for L = {', '.join(map(str, PAUSES))} ms.\n")
     rows = []
     for wait in (300, 500, 800, 1200):
-        cut_at = ["100 %" if pause > wait else "0 %" for pause in (400, 400, 1000, 1000)]
+        cut_at = ["100 %" if pause > wait else "0 %" for pause in PAUSES for _ in (0, 1)]
         rows.append([f"fixed {wait} ms", f"{wait}", "—", *cut_at])
     for t in (0.5, 0.7, 0.9):
         for x, y in ((200, 800), (300, 800), (300, 1200)):
@@ -545,12 +547,12 @@ def policy_section(samples: Sequence[TurnSample]) -> None:
             slow = 100 * np.mean([p < t for p in comp])
             shares = [
                 f"{100 * np.mean([(p >= t and pause > x) or pause > y for p in ps]):.0f} %"
-                for pause in (400, 1000)
+                for pause in PAUSES
                 for ps in (cont, cut)
             ]
             rows.append([f"P ≥ {t}: {x} ms, else {y} ms", f"{np.mean(waits):.0f}", f"{slow:.0f} %", *shares])
-    columns = "clause pause 400 ms cut|cuts, 400 ms|clause pause 1000 ms|cuts, 1000 ms"
-    table(["policy", "mean wait, complete (ms)", "complete waiting Y", *columns.split("|")], rows)
+    columns = [f"{kind}, {pause} ms" for pause in PAUSES for kind in ("clause stop", "cuts")]
+    table(["policy", "mean wait, complete (ms)", "complete waiting Y", *columns], rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,18 +14,18 @@ samples are waiting: 0 or 1 window per frame (5 windows per 8 frames), never mor
 consecutive and do not overlap, as in training; a frame's decision is the latest window's.
 
 **Added delay.** Frame *k* ends at sample ``160 (k + 1)``; the latest window ends at the multiple of
-256 at or before that, so the decision lags the frame's end by ``160 (k + 1) mod 256`` samples: 0,
-4, 8, 12, 16, 20, 24 or 28 ms in turn, **14 ms on average, 28 ms at most** (the very first frame
-has no window yet and reads 0, unvoiced). Running one window per frame ending at the frame's end
-would remove the lag, but the windows would then overlap and the recurrent state would see audio
-twice, which the model was not trained on, at 1.6 times the cost. The lag is small next to the
+256 at or before that, so the decision lags the frame's end by ``160 (k + 1) mod 256`` samples: each
+of 0, 4, 8, 12, 16, 20, 24 and 28 ms once every 8 frames, **14 ms on average, 28 ms at most** (the
+very first frame has no window yet and reads 0, unvoiced). Running one window per frame ending at
+the frame's end would remove the lag, but the windows would then overlap and the recurrent state
+would see audio twice, which the model was not trained on, at 1.6 times the cost. The lag is small next to the
 model's own smoothing (measured in docs/decisions/0015-endpointing.md).
 
 **Voiced.** A frame is voiced when the probability reaches ``threshold``, 0.7 by default, and
 unvoiced when it falls below ``neg_threshold`` (default: the same, no hysteresis). Upstream's
 ``VADIterator`` uses 0.5 and ``threshold - 0.15``; on our telephone recordings that ends speech
-30-40 ms later than 0.7/0.7 at no gain, because the turn detector already bridges short dips, and
-0.7 calls less of the noise after an utterance speech (docs/decisions/0015-endpointing.md).
+25-50 ms later than 0.7/0.7 at no gain (the turn detector already bridges short dips), and a noise
+burst just after the speech is called speech more often (docs/decisions/0015-endpointing.md).
 
 One :class:`SileroModel` (an onnxruntime session, safe to call from several threads) can serve many
 streams; each stream has its own :class:`SileroVad` holding its state, context and queued samples.
