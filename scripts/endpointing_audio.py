@@ -4,8 +4,8 @@ and under a real pub's background, with each utterance's ground truth.
 A call is the recording at 8 kHz with ``LEAD_S`` of its own room tone before it and ``TAIL_S`` after
 it, through µ-law. The room tone is Gaussian noise shaped to the spectrum and level of the
 recording's own background, joined by 20 ms equal-power crossfades: the committed fixtures pad with
-white line noise instead, and the step from the room's coloured background to it, 0.15-0.4 s after
-every end, is something Silero calls speech for 100-300 ms, which a real line never has (the
+white line noise instead, and the step from the room's coloured background to it, 0.15-0.7 s after
+every end, is something Silero at 0.5 calls speech for up to ~200 ms; a real line has no such step (the
 fixtures are measured too, as they are, to show it). The noisy calls add the pub recording
 (``fixtures/noise/pub-ambience.wav``, crowd babble and glasses, GPL-3.0 test data) over the whole call
 at an SNR defined as ``scripts/noisy_fixtures.py`` does: speech over background power across the
@@ -133,8 +133,8 @@ def load_utterance(clip: str, entries: dict[str, Any]) -> Utterance:
     tone, joined by 20 ms equal-power crossfades; through µ-law. The truth is the manifest's.
 
     Not the committed fixture's audio: there the recording is padded with white line noise, and the
-    step from the room's coloured background to it, 0.15-0.4 s after every end, is something Silero
-    calls speech for 100-300 ms (the fixtures' rows show it); a real line has no such step.
+    step from the room's coloured background to it, 0.15-0.7 s after every end, is something Silero
+    at 0.5 calls speech for up to ~200 ms (the fixtures' rows show it); a real line has no such step.
     """
     (turn,) = entries[f"speech-{clip}.pcap"]["turns"]
     x = source(clip)
