@@ -38,6 +38,7 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,10 @@ from sipagent.replay.agent_replay import AgentReplay  # noqa: E402
 from sipagent.replay.capture import load_caller_leg  # noqa: E402
 from sipagent.replay.impair import Impairments  # noqa: E402
 from sipagent.rtp.frames import SAMPLE_RATE  # noqa: E402
-from sipagent.server import conversation_config, inference_config  # noqa: E402
+from sipagent.server import conversation_config, inference_config, vad_factory  # noqa: E402
 from sipagent.voice.conversation import TurnRecord  # noqa: E402
 from sipagent.voice.inference import Inference, start_inference  # noqa: E402
+from sipagent.voice.vad import Vad  # noqa: E402
 
 FIXTURES = ROOT / "fixtures"
 MANIFEST = {f["file"]: f for f in json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]}
@@ -157,7 +159,10 @@ def _answering(runner: AgentReplay, records: list[TurnRecord], end: float) -> Tu
 async def replay(
     path: Path, impairments: Impairments, inference: Inference, settings: Settings
 ) -> AgentReplay:
-    runner = AgentReplay(load_caller_leg(path), impairments, inference, conversation_config(settings))
+    leg = load_caller_leg(path)
+    runner = AgentReplay(
+        leg, impairments, inference, conversation_config(settings), vad=vad_factory(settings)
+    )
     await runner.run(lambda event: None)
     return runner
 
@@ -218,6 +223,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             part.hyps = [network.hyps[i] for i in mine]
             rows.append(part)
     return {"load_s": load_s, "conditions": rows, "settings": settings, "delivery_ms": delivery}
+
+
+_VADS: dict[str, Callable[[], Vad] | None] = {}
+
+
+def _vads(settings: Settings) -> Callable[[], Vad] | None:
+    """The settings' voice detectors (Silero's network loaded once per run)."""
+    key = f"{settings.agent.vad} {settings.agent.silero_threshold}"
+    if key not in _VADS:
+        _VADS[key] = vad_factory(settings)
+    return _VADS[key]
 
 
 def _noisy(name: str) -> bool:

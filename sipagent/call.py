@@ -28,6 +28,7 @@ from .rtp.session import NegotiatedStream, RtpSession, RtpSessionConfig, Tick
 from .sip.events import Event
 from .voice.conversation import Conversation, ConversationConfig
 from .voice.inference import InferenceService
+from .voice.vad import Vad
 
 log = logging.getLogger("sipagent.call")
 
@@ -48,6 +49,8 @@ class CallOptions:
     #: Agent mode: the models every call shares, and each call's conversation behaviour.
     inference: InferenceService | None = None
     conversation: ConversationConfig | None = None
+    #: Makes each call's voice detectors (None: WebRTC VAD).
+    vad: Callable[[], Vad] | None = None
 
 
 @dataclass(eq=False)  # a live call: identity, not value (the server keeps sets of them)
@@ -128,7 +131,9 @@ class Call:
         inference = self.options.inference
         if inference is None:
             raise RuntimeError("agent mode without loaded models (Server.start loads them)")
-        conversation = Conversation(self.options.conversation, key=new_conversation_key())
+        conversation = Conversation(
+            self.options.conversation, key=new_conversation_key(), vad=self.options.vad
+        )
         self.agent = ConversationRunner(
             self.call_id, conversation, self.session, inference, on_end_call=self.hangup
         )

@@ -268,7 +268,7 @@ async def _replay_pipeline(
 ) -> None:
     from .replay.agent_replay import AgentReplay
     from .replay.echo_line import EchoLine
-    from .server import conversation_config, inference_config
+    from .server import conversation_config, inference_config, vad_factory
     from .voice.inference import ModelLoadError, start_inference
 
     try:
@@ -279,6 +279,7 @@ async def _replay_pipeline(
         echo = None
         if echo_db is not None:
             echo = EchoLine(leg.codec, return_loss_db=echo_db, delay_ms=echo_delay_ms)
-        await AgentReplay(leg, impairments, inference, conversation_config(settings), echo=echo).run(emit)
+        config = conversation_config(settings)
+        await AgentReplay(leg, impairments, inference, config, echo=echo, vad=vad_factory(settings)).run(emit)
     finally:
         await inference.aclose()

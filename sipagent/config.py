@@ -317,8 +317,24 @@ class AgentSettings(_Section):
     min_barge_in_ms: float = Field(240.0, ge=40, le=3000)
     #: Caller voice over the agent for this long silences the line at once, keeping the place (ms).
     hold_after_ms: float = Field(60.0, ge=20, le=1000)
+    #: The voice detector behind turn-taking: ``webrtc`` (WebRTC VAD behind an adaptive energy gate,
+    #: a few µs a frame) or ``silero`` (Silero VAD v5, a recurrent network on onnxruntime; decision
+    #: 0015 has how each finds the end of speech on clean and noisy phone audio).
+    vad: Literal["webrtc", "silero"] = "webrtc"
     #: WebRTC VAD aggressiveness, 0 (lenient) to 3 (strict).
     vad_aggressiveness: int = Field(2, ge=0, le=3)
+    #: Silero's speech probability from which a frame is voiced (no hysteresis: the turn detector
+    #: already bridges short dips; decision 0015).
+    silero_threshold: float = Field(0.7, gt=0, lt=1)
+    #: An end-of-turn model asked at each pause whether the words so far make a finished turn:
+    #: ``smart-turn`` (Smart Turn v3, in the inference process, ~36 ms a pause) or ``none``.
+    turn_model: Literal["none", "smart-turn"] = "none"
+    #: With a turn model: the end-of-turn wait after a finished-sounding turn (none: end_of_turn_ms)
+    #: and after an unfinished-sounding one, whose speaker is probably going on (ms).
+    end_of_turn_complete_ms: float | None = Field(None, ge=60, le=3000)
+    end_of_turn_incomplete_ms: float = Field(800.0, ge=100, le=5000)
+    #: The turn model's probability from which a turn counts as finished.
+    turn_complete_threshold: float = Field(0.5, gt=0, lt=1)
     #: The first TTS chunk of a reply may end at a clause after this many words, and ends at a word
     #: by ``first_chunk_max_chars`` characters: shorter starts speaking sooner (each word waited for
     #: is ~30 ms of LLM time, and Piper's time grows with the chunk), longer sounds less clipped.
@@ -348,6 +364,16 @@ class AgentSettings(_Section):
         if self.pause_ms >= self.end_of_turn_ms:
             raise ValueError(
                 f"pause_ms ({self.pause_ms:g}) must be shorter than end_of_turn_ms ({self.end_of_turn_ms:g})"
+            )
+        complete = self.end_of_turn_complete_ms
+        if complete is not None and complete <= self.pause_ms:
+            raise ValueError(
+                f"end_of_turn_complete_ms ({complete:g}) must be longer than pause_ms ({self.pause_ms:g})"
+            )
+        if self.end_of_turn_incomplete_ms < self.end_of_turn_ms:
+            raise ValueError(
+                f"end_of_turn_incomplete_ms ({self.end_of_turn_incomplete_ms:g}) must not be shorter than "
+                f"end_of_turn_ms ({self.end_of_turn_ms:g})"
             )
         if self.hold_after_ms > self.min_barge_in_ms:
             raise ValueError(

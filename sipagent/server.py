@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import ssl
+from collections.abc import Callable
 
 from .call import Call, CallOptions
 from .config import Settings
@@ -45,6 +46,7 @@ from .voice.echo_guard import EchoConfig
 from .voice.inference import Inference, InferenceConfig
 from .voice.spoken import ChunkerConfig
 from .voice.turns import TurnConfig
+from .voice.vad import Vad
 
 log = logging.getLogger("sipagent")
 
@@ -143,6 +145,7 @@ class Server:
         self.inference = await start_inference(inference_config(self.settings))
         self.call_options.inference = self.inference
         self.call_options.conversation = conversation_config(self.settings)
+        self.call_options.vad = vad_factory(self.settings)
 
     def _attach_trunk(self) -> None:
         trunk = self.settings.trunk
@@ -342,6 +345,19 @@ class Server:
         return call.outcome
 
 
+def vad_factory(settings: Settings) -> Callable[[], Vad] | None:
+    """How each call makes its voice detectors (None: the engine's default, WebRTC VAD). Silero's
+    network is loaded once here and shared by every call's detectors."""
+    agent = settings.agent
+    if agent.vad != "silero":
+        return None
+    from .voice.silero_vad import SileroModel, SileroVad
+
+    model = SileroModel()
+    threshold = agent.silero_threshold
+    return lambda: SileroVad(model, threshold=threshold)
+
+
 def conversation_config(settings: Settings) -> ConversationConfig:
     """Each call's conversation behaviour, from ``[agent]`` and ``[llm]``."""
     agent = settings.agent
@@ -360,6 +376,10 @@ def conversation_config(settings: Settings) -> ConversationConfig:
             first_min_words=agent.first_chunk_min_words, first_max_chars=agent.first_chunk_max_chars
         ),
         system_prompt=settings.llm.system_prompt,
+        predict_turn_end=agent.turn_model != "none",
+        end_of_turn_complete_ms=agent.end_of_turn_complete_ms,
+        end_of_turn_incomplete_ms=agent.end_of_turn_incomplete_ms,
+        turn_complete_threshold=agent.turn_complete_threshold,
     )
 
 
@@ -375,8 +395,9 @@ def inference_config(settings: Settings) -> InferenceConfig:
         nice=agent.inference_nice,
         sched=agent.inference_sched,
         cpus=tuple(agent.inference_cpus) if agent.inference_cpus is not None else None,
+        turn_model=agent.turn_model == "smart-turn",
         log_level=settings.log_level.upper(),
     )
 
 
-__all__ = ["Call", "Server", "conversation_config", "inference_config"]
+__all__ = ["Call", "Server", "conversation_config", "inference_config", "vad_factory"]

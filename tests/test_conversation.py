@@ -36,6 +36,7 @@ from sipagent.voice.jobs import (
     Generate,
     JobFailed,
     JobResult,
+    PredictTurnEnd,
     Synthesize,
     Synthesized,
     TextDone,
@@ -138,6 +139,8 @@ def _summary(command: Command) -> str:
         return f"turn {r.turn} {r.outcome.value} {r.reply!r}"
     if isinstance(command, EndCall):
         return f"end call {command.reason}"
+    if isinstance(command, PredictTurnEnd):
+        return f"predict turn end {command.job}"
     raise AssertionError(command)
 
 
@@ -445,3 +448,33 @@ def test_caller_voice_holds_the_agent_when_it_arrives_not_when_it_plays() -> Non
     for record in (with_arrivals, without):
         assert record.caller_onset_rtp_ts is not None
         assert abs(record.caller_onset_rtp_ts // SAMPLES_PER_FRAME - onset) <= 1
+
+
+def test_the_end_of_turn_models_verdict_sets_the_pauses_wait() -> None:
+    from sipagent.voice.jobs import TurnEndPredicted
+
+    conversation, line = _conversation(predict_turn_end=True, end_of_turn_complete_ms=200)
+    noise = Transcript("", 1.0, 0.0, 0.2)  # (each turn's STT heard nothing: the record comes at once)
+    # Turn 1 sounds unfinished: its pause at tick 14 waits 800 ms instead of 300 (tick 24).
+    line.play(voice(10))
+    line.until(15)
+    asks = [c for _, c in line.log if isinstance(c, PredictTurnEnd)]
+    assert len(asks) == 1 and asks[0].audio.size == 15 * SAMPLES_PER_FRAME  # the turn so far
+    line.answer(TurnEndPredicted(asks[0].job, 0.08))
+    line.answer(Transcribed(asks[0].job - 1, noise))
+    line.until(49)
+    assert conversation.records == []  # still waiting for the caller to go on
+    line.until(51)
+    # Turn 2 (voice 51-60) sounds finished: it ends 200 ms after its last voiced frame, at 70.
+    line.play(voice(10))
+    line.until(66)
+    ask = [c for _, c in line.log if isinstance(c, PredictTurnEnd)][-1]
+    line.answer(TurnEndPredicted(ask.job, 0.97))
+    line.answer(Transcribed(ask.job - 1, noise))
+    line.until(90)
+    assert [tick for tick, event in line.events() if event.startswith("turn")] == [49, 70]
+    first, second = conversation.records
+    assert first.turn_complete_probability == pytest.approx(0.08)
+    assert first.end_of_turn_wait_ms == pytest.approx(800)
+    assert second.turn_complete_probability == pytest.approx(0.97)
+    assert second.end_of_turn_wait_ms == pytest.approx(200)

@@ -31,6 +31,7 @@ from ..rtp.frames import SAMPLE_RATE
 from ..rtp.session import Tick
 from ..voice.conversation import Conversation, ConversationConfig, TurnRecord
 from ..voice.inference import InferenceService
+from ..voice.vad import Vad
 from .capture import CallerLeg
 from .echo_line import EchoLine
 from .impair import Impairments
@@ -64,13 +65,15 @@ class AgentReplay(Replay):
         config: ConversationConfig | None = None,
         *,
         echo: EchoLine | None = None,
+        vad: Callable[[], Vad] | None = None,
     ) -> None:
+        """``vad`` makes the conversation's voice detectors (None: WebRTC VAD, as the engine's)."""
         config = config or ConversationConfig()
         super().__init__(leg, impairments, vad_aggressiveness=config.vad_aggressiveness, answer=True)
         self.totals = AgentReplaySummary(packets=self.summary.packets, delivered=self.summary.delivered)
         self.summary = self.totals
         self.inference = inference
-        self.conversation = Conversation(config, key=new_conversation_key())
+        self.conversation = Conversation(config, key=new_conversation_key(), vad=vad)
         #: Made when the run starts (it lives on the loop).
         self.agent: ConversationRunner | None = None
         self.echo = echo

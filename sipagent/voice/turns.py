@@ -43,11 +43,12 @@ Transitions (the table below is the single source; anything else raises :class:`
   speaking) of mostly-voiced frames follow the pause: :class:`CallerResumed` (cancel speculation),
   then :class:`BargeIn` if the agent is speaking.
 * PAUSED --end_of_turn--> LISTENING once ``end_of_turn_ms`` have passed since the last voiced frame
-  of the turn: :class:`EndOfTurn`. Voiced frames that have not (yet) made a resumption do not reset
-  that silence, so a click in the pause does not delay the end of the turn; a live resumption
-  candidate defers it, by at most one candidate window, so a caller who resumes right at the
-  deadline is not cut in two. If that candidate is still live at the end, it carries on as an
-  ONSET of the next turn.
+  of the turn (or the wait :meth:`TurnDetector.set_end_of_turn` gave this pause, e.g. from an
+  end-of-turn model's verdict on the words so far): :class:`EndOfTurn`. Voiced frames that have
+  not (yet) made a resumption do not reset that silence, so a click in the pause does not delay
+  the end of the turn; a live resumption candidate defers it, by at most one candidate window, so
+  a caller who resumes right at the deadline is not cut in two. If that candidate is still live at
+  the end, it carries on as an ONSET of the next turn.
 * any --close--> CLOSED.
 """
 
@@ -272,6 +273,8 @@ class TurnDetector:
         self._turn_barged_in = False
         #: A BargeIn was sent for the current stretch of agent speech (one per stretch).
         self._barged = False
+        #: The silence that ends the turn in the current pause (s).
+        self._pause_eot = self._eot
 
     # -- public ---------------------------------------------------------------------------------
     def push(self, voiced: bool, now: float, *, agent_speaking: bool) -> list[TurnEvent]:
@@ -294,6 +297,15 @@ class TurnDetector:
         if self.state is TurnState.ONSET:
             self._onset(now, agent_speaking, events)
         return events
+
+    def set_end_of_turn(self, ms: float) -> None:
+        """The silence (ms after the last voiced frame) that ends the turn in *this* pause; the next
+        pause starts from ``end_of_turn_ms`` again. Outside a pause (it ended or the caller went on)
+        there is nothing to change. At or below the silence already heard, the next frame ends it."""
+        if not math.isfinite(ms) or ms <= 0:
+            raise ValueError(f"end-of-turn wait must be a positive number of ms, got {ms!r}")
+        if self.state is TurnState.PAUSED:
+            self._pause_eot = ms / 1000
 
     def close(self) -> None:
         """The call ended: no more frames. An open turn is dropped without an event."""
@@ -323,6 +335,7 @@ class TurnDetector:
                     events.append(BargeIn(now, self.speech_started_at))
         elif now - self.last_voiced_at >= self._pause - _EPS:
             self._fire("pause")
+            self._pause_eot = self._eot
             self._since = self.last_voiced_at + _EPS
             events.append(PauseStarted(now, self.speech_started_at, self.last_voiced_at))
 
@@ -341,11 +354,11 @@ class TurnDetector:
                 events.append(BargeIn(now, self.speech_started_at))
             return
         silence = now - self.last_voiced_at
-        if silence < self._eot - _EPS:
+        if silence < self._pause_eot - _EPS:
             return
         last = self._last_voiced_frame()
         candidate_live = last is not None and last > self._since and now - last <= window - required + _EPS
-        if candidate_live and silence < self._eot + window - _EPS:
+        if candidate_live and silence < self._pause_eot + window - _EPS:
             return  # a resumption may be under way: give it one window before ending the turn
         self._fire("end_of_turn")
         events.append(EndOfTurn(now, self.speech_started_at, self.last_voiced_at, self._turn_barged_in))

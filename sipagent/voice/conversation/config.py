@@ -42,9 +42,22 @@ class ConversationConfig:
     #: Frames this much louder than the call's noise floor are speech, for the estimate of where the
     #: caller's speech ended (:attr:`TurnRecord.speech_end_at`).
     speech_end_margin_db: float = 9.0
+    #: Ask an end-of-turn model at each pause whether the caller's words so far make a finished
+    #: turn (``PredictTurnEnd``); its verdict sets this pause's end-of-turn wait. Without an answer
+    #: the wait stays ``turn.end_of_turn_ms``.
+    predict_turn_end: bool = False
+    #: The wait after a finished-sounding turn (probability at least ``turn_complete_threshold``;
+    #: None: ``turn.end_of_turn_ms``), and after an unfinished-sounding one (decision 0015).
+    end_of_turn_complete_ms: float | None = None
+    end_of_turn_incomplete_ms: float = 800.0
+    turn_complete_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("hold_after_ms", "preroll_ms", "max_turn_s", "job_timeout_s", "speech_end_margin_db"):
+        names = ["hold_after_ms", "preroll_ms", "max_turn_s", "job_timeout_s", "speech_end_margin_db",
+                 "end_of_turn_incomplete_ms"]  # fmt: skip
+        if self.end_of_turn_complete_ms is not None:
+            names.append("end_of_turn_complete_ms")
+        for name in names:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"ConversationConfig.{name} must be a positive number, got {value!r}")
@@ -54,5 +67,7 @@ class ConversationConfig:
             )
         if self.greeting is not None and not self.greeting.strip():
             raise ValueError("ConversationConfig.greeting must not be empty (None for no greeting)")
+        if not 0 < self.turn_complete_threshold < 1:
+            raise ValueError("ConversationConfig.turn_complete_threshold must be between 0 and 1")
         if not self.system_prompt.strip():
             raise ValueError("ConversationConfig.system_prompt must not be empty")

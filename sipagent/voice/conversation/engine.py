@@ -37,6 +37,7 @@ from ..jobs import (
     Generate,
     JobFailed,
     JobResult,
+    PredictTurnEnd,
     Synthesized,
     TextDone,
     TextPiece,
@@ -89,6 +90,9 @@ class Conversation:
         self._speaking: Reply | None = None
         #: Fixed texts waiting for the line (said after the reply being played).
         self._waiting: deque[Reply] = deque()
+        #: The end-of-turn model's job for the current pause, and its last verdict.
+        self._turn_end_job: int | None = None
+        self._turn_complete: float | None = None
         #: Frames in the pacer right now (the tick's count, plus what this tick queued).
         self._queued = 0
         self._hold_frames = max(1, round(self.config.hold_after_ms / 1000 / FRAME_SECONDS))
@@ -138,6 +142,11 @@ class Conversation:
 
     def on_result(self, result: JobResult, now: float) -> list[Command]:
         """A model job's result (ignored if the job is no longer wanted)."""
+        if result.job == self._turn_end_job and not self.closed:
+            self._turn_end_job = None
+            if isinstance(result, TurnEndPredicted):
+                self._turn_end_predicted(result.probability)
+            return self._take()
         reply = self._owners.get(result.job)
         if reply is None or self.closed:
             return []
@@ -155,8 +164,6 @@ class Conversation:
             reply.add_audio(result.audio, now)
         elif isinstance(result, JobFailed):
             self._failed(reply, result.job, result.reason, now)
-        elif isinstance(result, TurnEndPredicted):
-            pass  # no end-of-turn model is asked yet
         self._advance(reply, now)
         return self._take()
 
@@ -182,6 +189,7 @@ class Conversation:
         if self.closed:
             return []
         self._cancel_speculation()
+        self._forget_turn_end()
         speaking = self._speaking
         if speaking is not None and not speaking.final:
             self._stop(speaking, "interrupt")
@@ -208,7 +216,7 @@ class Conversation:
     @property
     def busy(self) -> bool:
         """Model jobs are out."""
-        return bool(self._owners)
+        return bool(self._owners) or self._turn_end_job is not None
 
     # -- turn events -----------------------------------------------------------------------------
     def _on_turn_event(self, event: TurnEvent, now: float) -> None:
@@ -217,10 +225,34 @@ class Conversation:
         elif isinstance(event, PauseStarted):
             self._cancel_speculation()
             self._speculation = self._new_answer(now, speculative=True)
+            self._ask_turn_end()
         elif isinstance(event, CallerResumed):
             self._cancel_speculation()
+            self._forget_turn_end()
         elif isinstance(event, EndOfTurn):
             self._end_of_turn(event, now)
+
+    def _ask_turn_end(self) -> None:
+        if self.config.predict_turn_end:
+            self._forget_turn_end()
+            self._turn_end_job = job = next(self._job_ids)
+            self._out.append(PredictTurnEnd(job, self.listener.turn_audio()))
+
+    def _forget_turn_end(self) -> None:
+        if self._turn_end_job is not None:
+            self._out.append(CancelJob(self._turn_end_job))
+            self._turn_end_job = None
+        self._turn_complete = None
+
+    def _turn_end_predicted(self, probability: float) -> None:
+        """The model's verdict on the words so far sets how long this pause may last."""
+        config = self.config
+        self._turn_complete = probability
+        if probability >= config.turn_complete_threshold:
+            wait = config.end_of_turn_complete_ms or config.turn.end_of_turn_ms
+        else:
+            wait = config.end_of_turn_incomplete_ms
+        self.listener.turns.set_end_of_turn(wait)
 
     def _end_of_turn(self, event: EndOfTurn, now: float) -> None:
         listener = self.listener
@@ -233,6 +265,8 @@ class Conversation:
         record.last_voiced_at = event.last_voiced_at
         record.last_voiced_rtp_ts = listener.last_voiced_ts
         record.speech_end_at, record.speech_end_rtp_ts = listener.speech_end(event.last_voiced_at)
+        record.turn_complete_probability = self._turn_complete
+        self._forget_turn_end()
         previous = self._speaking
         if previous is not None:
             self._interrupt(previous)  # the caller has moved on

@@ -60,6 +60,8 @@ class TurnRecord:
     caller_onset_rtp_ts: int | None = None
     #: How often the line was held for caller voice (a hold that resumed was a blip or backchannel).
     holds: int = 0
+    #: The end-of-turn model's probability that the turn was complete (at its last pause), if asked.
+    turn_complete_probability: float | None = None
 
     @property
     def interrupted(self) -> bool:

@@ -15,9 +15,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from ...errors import SipAgentError
 from ..llm import ChatModel, chat_model_from_settings
@@ -52,6 +53,8 @@ class InferenceConfig:
     sched: Literal["normal", "idle"] = "normal"
     #: CPUs the inference process may run on (None: all).
     cpus: tuple[int, ...] | None = None
+    #: Load Smart Turn, the end-of-turn model (``PredictTurnEnd`` jobs).
+    turn_model: bool = False
     log_level: str = "INFO"
 
 
@@ -62,6 +65,8 @@ class LoadedModels:
     transcriber: Transcriber
     chat: ChatModel
     synthesizer: Synthesizer
+    #: The end-of-turn model (Smart Turn), if configured.
+    turn: TurnModel | None = None
 
     def close(self) -> None:
         """Free what the models hold (the LLM's context; the others are freed with the process)."""
@@ -76,6 +81,7 @@ def load_models(config: InferenceConfig) -> LoadedModels:
         transcriber = WhisperTranscriber.from_settings(config.stt)
         synthesizer = PiperSynthesizer.from_settings(config.tts)
         chat = chat_model_from_settings(config.llm)
+        turn = _load_turn_model() if config.turn_model else None
     except (OSError, RuntimeError, ValueError) as exc:  # missing files, bad template, no CUDA
         raise ModelLoadError(f"cannot load the voice models: {exc}") from exc
     # Half a second of faint noise: the first transcription allocates the encoder's buffers.
@@ -83,6 +89,8 @@ def load_models(config: InferenceConfig) -> LoadedModels:
     transcriber.transcribe((rng.normal(0, 30, 4000)).astype(np.int16))
     for _ in synthesizer.synthesize("Hello."):
         pass
+    if turn is not None:
+        turn.probability(np.zeros(4000, dtype=np.int16) + 1)
     log.info(
         "voice models ready in %.1f s: stt %s, llm %s, tts %s",
         time.perf_counter() - started,
@@ -92,7 +100,19 @@ def load_models(config: InferenceConfig) -> LoadedModels:
         else _name(config.llm.model),
         _name(config.tts.voice),
     )
-    return LoadedModels(transcriber=transcriber, chat=chat, synthesizer=synthesizer)
+    return LoadedModels(transcriber=transcriber, chat=chat, synthesizer=synthesizer, turn=turn)
+
+
+class TurnModel(Protocol):
+    """An end-of-turn model: the probability that a turn's 8 kHz audio so far is complete."""
+
+    def probability(self, audio: npt.NDArray[np.int16]) -> float: ...
+
+
+def _load_turn_model() -> TurnModel:
+    from ..smart_turn import SmartTurn
+
+    return SmartTurn()
 
 
 def _name(path: Path) -> str:

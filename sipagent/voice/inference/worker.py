@@ -27,6 +27,7 @@ from ..jobs import (
     TextPiece,
     Transcribe,
     Transcribed,
+    TurnEndPredicted,
 )
 from ..llm import ChatSession
 from ..tts import synthesize_whole
@@ -87,7 +88,11 @@ class JobWorker:
             elif isinstance(job, Generate):
                 self._generate(job, cancel)
             elif isinstance(job, PredictTurnEnd):
-                self._send(JobFailed(job.job, "no end-of-turn model is loaded"))
+                turn = self._models.turn
+                if turn is None:
+                    self._send(JobFailed(job.job, "no end-of-turn model is loaded"))
+                else:
+                    self._send(TurnEndPredicted(job.job, turn.probability(job.audio)))
         except Exception as exc:  # the asker hears of it as this job's failure; the worker goes on
             log.exception("inference job %d (%s) failed", job.job, type(job).__name__)
             self._send(JobFailed(job.job, f"{type(exc).__name__}: {exc}"))
