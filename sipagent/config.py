@@ -309,7 +309,7 @@ class AgentSettings(_Section):
     #: so a longer wait costs the caller only this much more; above ~700 ms a phone line feels dead.
     end_of_turn_ms: float = Field(300.0, ge=100, le=3000)
     #: Silence after which speculative STT and LLM start (ms); must be shorter than end_of_turn_ms.
-    pause_ms: float = Field(100.0, ge=20, le=2000)
+    pause_ms: float = Field(60.0, ge=20, le=2000)
     #: Caller voice shorter than this does not start a turn (clicks, line hits), ms.
     min_speech_ms: float = Field(120.0, ge=20, le=2000)
     #: Caller voice over the agent must last this long to interrupt it (ms): backchannels ("mm",
@@ -320,7 +320,7 @@ class AgentSettings(_Section):
     #: The voice detector behind turn-taking: ``webrtc`` (WebRTC VAD behind an adaptive energy gate,
     #: a few µs a frame) or ``silero`` (Silero VAD v5, a recurrent network on onnxruntime; decision
     #: 0015 has how each finds the end of speech on clean and noisy phone audio).
-    vad: Literal["webrtc", "silero"] = "webrtc"
+    vad: Literal["webrtc", "silero"] = "silero"
     #: WebRTC VAD aggressiveness, 0 (lenient) to 3 (strict).
     vad_aggressiveness: int = Field(2, ge=0, le=3)
     #: Silero's speech probability from which a frame is voiced (no hysteresis: the turn detector
@@ -338,8 +338,8 @@ class AgentSettings(_Section):
     #: The first TTS chunk of a reply may end at a clause after this many words, and ends at a word
     #: by ``first_chunk_max_chars`` characters: shorter starts speaking sooner (each word waited for
     #: is ~30 ms of LLM time, and Piper's time grows with the chunk), longer sounds less clipped.
-    first_chunk_min_words: int = Field(3, ge=1, le=20)
-    first_chunk_max_chars: int = Field(28, ge=10, le=200)
+    first_chunk_min_words: int = Field(2, ge=1, le=20)
+    first_chunk_max_chars: int = Field(16, ge=10, le=200)
     #: Said when a call is answered (none: wait for the caller).
     greeting: str | None = None
     #: Where the models run: ``process``, a process of their own, so their Python parts never hold

@@ -2,9 +2,11 @@
 
 A :class:`Line` plays the pacer's part (one queued frame leaves per tick, a flush empties it) and the
 test plays the models' part, answering each job at a moment it chooses. The caller's voice is
-Gaussian noise judged by a level VAD, so every turn event falls on a tick that follows from
-:class:`~sipagent.voice.turns.TurnConfig` alone (6 voiced frames start a turn, 5 silent ones are a
-pause, 15 end the turn, 12 over the agent barge in, 3 hold the line).
+Gaussian noise judged by a level VAD, so every turn event falls on a tick that follows from the
+test's :class:`~sipagent.voice.turns.TurnConfig` alone (6 voiced frames start a turn, 5 silent ones
+are a pause, 15 end the turn, 12 over the agent barge in, 3 hold the line). The test pins its own
+pause (100 ms) and first TTS chunk (3 words / 28 characters), so its ticks do not move with the
+product's defaults.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from sipagent.voice.jobs import (
     Transcribed,
 )
 from sipagent.voice.llm import Turn
+from sipagent.voice.spoken import ChunkerConfig
 from sipagent.voice.stt import Transcript
+from sipagent.voice.turns import TurnConfig
 
 GREETING = "Hello, how can I help?"
 _RNG = np.random.RandomState(7)
@@ -144,7 +148,12 @@ def _summary(command: Command) -> str:
     raise AssertionError(command)
 
 
+TURN = TurnConfig(pause_ms=100)
+CHUNKS = ChunkerConfig(first_min_words=3, first_max_chars=28)
+
+
 def _conversation(**config: object) -> tuple[Conversation, Line]:
+    config = {"turn": TURN, "chunker": CHUNKS, **config}
     conversation = Conversation(ConversationConfig(**config), key=9, vad=LevelVad)  # type: ignore[arg-type]
     return conversation, Line(conversation)
 

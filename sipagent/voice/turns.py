@@ -204,8 +204,10 @@ class TurnConfig:
       backchannel a lot, should raise it to 400-500 ms (LiveKit's default is 500 ms), accepting the
       slower interruption. ``EndOfTurn.barged_in`` lets the agent layer resume after a short one.
     * ``voiced_ratio`` = 0.75: "mostly voiced" (tolerates a 1-4 frame VAD dip between syllables).
-    * ``pause_ms`` = 100: when speculative STT starts. Whisper takes ~0.4 s, so starting 200 ms
-      before the end of turn hides half of it; earlier would restart it on every short gap.
+    * ``pause_ms`` = 60: when the speculative reply starts (STT, then the LLM and the first TTS
+      chunk, ~300 ms on 2 cores): 240 ms before the end of turn it is ready when the wait ends.
+      100 cost 40-60 ms of turn latency (issue 13); a gap between words that long restarts the
+      speculation more often, which costs CPU, not time.
     * ``end_of_turn_ms`` = 300: the silence that ends a turn (at most 300 by design: more feels
       sluggish on a phone; the speculation started at the pause keeps the reply fast anyway).
     """
@@ -214,7 +216,7 @@ class TurnConfig:
     min_speech_ms: float = 120.0
     min_barge_in_ms: float = 240.0
     voiced_ratio: float = 0.75
-    pause_ms: float = 100.0
+    pause_ms: float = 60.0
     end_of_turn_ms: float = 300.0
 
     def __post_init__(self) -> None:
