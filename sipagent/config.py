@@ -347,7 +347,7 @@ class AgentSettings(_Section):
     inference: Literal["process", "threads"] = "process"
     #: Scheduling of the inference process (Linux): ``normal``, the normal class at
     #: ``inference_nice``: the media loop wins a contended core and the models still get a bounded
-    #: share of it (decision 0015); ``idle`` (SCHED_IDLE): the models get only CPU time nothing else
+    #: share of it (decision 0017); ``idle`` (SCHED_IDLE): the models get only CPU time nothing else
     #: wants, which starves them (and silences the agent) while other programs keep the cores busy.
     inference_sched: Literal["idle", "normal"] = "normal"
     #: CPUs the inference process may run on (Linux; none: all). Keeping the models off the cores

@@ -17,7 +17,7 @@ measure the hand-over.
 
 **Priority.** The worker loads its models at normal priority, so start-up is quick whatever else
 runs, and the server accepts no call before they are ready. Then every thread of the worker drops
-to ``nice`` (default 5, decision 0015): the media loop wins a contended core, the models still get
+to ``nice`` (default 5, decision 0017): the media loop wins a contended core, the models still get
 a bounded share of it, so a busy box slows replies down instead of silencing them (SCHED_IDLE,
 still available as ``sched = "idle"``, gives them nothing while anything else runs). A worker that
 dies (a crash, the OOM killer) fails its jobs at once and is started again with a back-off.
