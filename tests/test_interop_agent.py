@@ -119,6 +119,6 @@ def test_baresip_caller_over_pub_noise_gets_a_spoken_reply(tmp_path: Path) -> No
     assert len(reply) >= 25, "no voiced reply (half a second at least) after the caller stopped"
     latency_ms = (reply[0] - end_on_wire) * 1000
     turns = [line for line in log.splitlines() if "turn 1: {" in line]
-    print(f"baresip call over pub noise: {latency_ms:.0f} ms from the true end of speech to the reply;", *turns)
+    print(f"baresip over pub noise: {latency_ms:.0f} ms from the true end of speech to the reply;", *turns)
     assert "turn 1 latency" in log, log[-3000:]
     assert "young man" in log.lower(), log[-3000:]  # the transcript, logged with the turn
