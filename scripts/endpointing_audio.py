@@ -7,7 +7,7 @@ recording's own background, joined by 20 ms equal-power crossfades: the committe
 white line noise instead, and the step from the room's coloured background to it, 0.15-0.7 s after
 every end, is something Silero at 0.5 calls speech for up to ~200 ms; a real line has no such step (the
 fixtures are measured too, as they are, to show it). The noisy calls add the pub recording
-(``fixtures/noise/pub-ambience.wav``, crowd babble and glasses, GPL-3.0 test data) over the whole call
+(``fixtures/noise/restaurant-ambience.wav``, a room of people talking, public domain) over the whole call
 at an SNR defined as ``scripts/noisy_fixtures.py`` does: speech over background power across the
 turn's true speech, at 8 kHz, before G.711. The truth is each turn's ``speech_start_s`` /
 ``speech_end_s`` in ``fixtures/manifest.json`` (the clean 16 kHz source's energy envelope).
@@ -38,7 +38,7 @@ from sipagent.voice.resample import resample_float
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 SPEECH = ROOT.parent / "shared" / "speech"
-NOISE = FIXTURES / "noise" / "pub-ambience.wav"
+NOISE = FIXTURES / "noise" / "restaurant-ambience.wav"
 #: The human recordings with a ground truth (numbers.raw has no transcript but has its truth).
 CLIPS = (
     "librivox-0870",

@@ -24,7 +24,7 @@ from tests.model_gate import require_models
 
 REPO = Path(__file__).resolve().parent.parent
 SPEECH = REPO.parent / "shared" / "speech"
-PUB = REPO / "fixtures" / "noise" / "pub-ambience.wav"
+PUB = REPO / "fixtures" / "noise" / "restaurant-ambience.wav"  # real babble (public domain)
 MODEL = resolve_model_path(DEFAULT_SMART_TURN_MODEL)
 #: librivox-0870's true end and the end of "how much" (seconds into the clip; the manifest's
 #: speech_end_s, and faster-whisper's word end moved to the quietest 10 ms near it).
