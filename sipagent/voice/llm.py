@@ -464,7 +464,17 @@ class LlamaCppChat(_ChatBase):
             _log.debug("no system-prompt warm-up: %s", exc)
             return
         self._llama.n_tokens = 0  # Llama.reset(), which is untyped
-        self._llama.eval(tokens)
+        # On one thread: llama.cpp's threads spin at every operator's barrier, and at start-up the
+        # box may be busy (two CPU-bound neighbours on 2 cores made this 60-token prompt take 6-20 s
+        # on two threads, holding the server's start for as long). One thread takes ~0.1 s idle.
+        import llama_cpp
+
+        ctx, batch = self._llama.ctx, self._llama.context_params.n_threads_batch
+        llama_cpp.llama_set_n_threads(ctx, self._llama.context_params.n_threads, 1)
+        try:
+            self._llama.eval(tokens)
+        finally:
+            llama_cpp.llama_set_n_threads(ctx, self._llama.context_params.n_threads, batch)
         self._base = self._save()
 
     def _activate(self, session: ChatSession, prompt: list[int]) -> bool:
