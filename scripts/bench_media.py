@@ -281,6 +281,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="CPUs for the inference process, e.g. 1 ([agent] inference_cpus; default: all)",
     )
+    parser.add_argument(
+        "--inference-nice", type=int, default=None, help="[agent] inference_nice for the inference load"
+    )
+    parser.add_argument(
+        "--inference-sched",
+        choices=("normal", "idle"),
+        default=None,
+        help="[agent] inference_sched for the inference load",
+    )
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeat < 1 or args.seconds <= 0 or args.rt_seconds <= 0:
@@ -333,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overrides: dict[str, Any] = {"agent.inference": inference}
                 if inference == "process":
                     overrides["agent.inference_cpus"] = args.inference_cpus
+                    overrides["agent.inference_nice"] = args.inference_nice
+                    overrides["agent.inference_sched"] = args.inference_sched
                 loads[inference] = InferenceLoad(load_settings(None, overrides))
             load = loads[inference]
             load.start()
