@@ -282,6 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="CPUs for the inference process, e.g. 1 ([agent] inference_cpus; default: all)",
     )
     parser.add_argument(
+        "--loop-nice",
+        type=int,
+        default=0,
+        help="nice value of the server's event loop thread in the real-time runs (serve: rtp.loop_nice)",
+    )
+    parser.add_argument(
         "--inference-nice", type=int, default=None, help="[agent] inference_nice for the inference load"
     )
     parser.add_argument(
@@ -356,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bare=bare,
             pin=not args.no_pin,
             priority=args.rt_priority,
+            loop_nice=args.loop_nice,
         )
         if inference and load is not None:
             load.stop()

@@ -8,9 +8,9 @@ Run it (under a minute on a 2-core box; the embedded models must be installed)::
 Audio (built by ``scripts/endpointing_audio.py``, whose docstring has the details). The eight human
 recordings with a ground truth in ``fixtures/manifest.json`` (LibriVox 0870/0880/0890, cards 001-003,
 goforward, numbers) as calls: 8 kHz, µ-law, with the recording's own room tone around it. *Clean*
-is that; *N dB* adds a real restaurant's background (``fixtures/noise/restaurant-ambience.wav``) over the whole
-call at N dB SNR, ``--draws`` excerpts per recording and level. *Noise only*: the whole pub excerpt
-at the three mixes' levels. *Fixtures*: the committed ``speech-*`` captures as they are (their
+is that; *N dB* adds a real restaurant's background (``fixtures/noise/restaurant-ambience.wav``)
+over the whole call at N dB SNR, ``--draws`` excerpts per recording and level. *Noise only*: the
+whole background excerpt at the three mixes' levels. *Fixtures*: the committed ``speech-*`` captures as they are (their
 padding has a step in the background that Silero reacts to; see that docstring).
 
 VAD. Each VAD decides every 20 ms frame in order; its decisions drive the real

@@ -102,6 +102,10 @@ class RtpSettings(_Section):
     port_max: int = Field(20000, ge=1025, le=65535)
     #: End a call when no RTP arrives for this long (seconds; 0 disables).
     media_timeout: float = Field(30.0, ge=0)
+    #: Nice value of the event loop's thread, which paces every call's packets (Linux; below 0
+    #: needs root or CAP_SYS_NICE, else it stays as it is and start-up says so). Raised, its 20 ms
+    #: ticks win a core that the models or other programs keep busy (decision 0017); 0 leaves it.
+    loop_nice: int = Field(-10, ge=-20, le=0)
 
     @model_validator(mode="after")
     def _range(self) -> RtpSettings:

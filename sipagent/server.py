@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import ssl
+import threading
 from collections.abc import Callable
 
 from .call import Call, CallOptions
@@ -129,6 +130,7 @@ class Server:
             advertised,
         )
         self._attach_trunk()
+        raise_loop_priority(self.settings.rtp.loop_nice)
         # Everything alive now (modules, settings, models) lives as long as the process. Frozen, the
         # cyclic collector stops walking it: a full collection of the startup heap alone stalls the
         # event loop for ~13 ms on a 2-core box, which every call's packets would feel.
@@ -343,6 +345,30 @@ class Server:
                 break
             await asyncio.sleep(0.1)
         return call.outcome
+
+
+def raise_loop_priority(nice: int) -> bool:
+    """Give the calling thread (the event loop's: it paces every call's RTP) the nice value ``nice``
+    (decision 0017). Threads it starts afterwards inherit it; the inference process leaves it when
+    it starts. Without the privilege (root or CAP_SYS_NICE) it stays as it is and a warning says so;
+    returns whether the loop runs at ``nice``."""
+    if nice >= 0:
+        return nice == 0
+    thread = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, thread) <= nice:
+            return True
+        os.setpriority(os.PRIO_PROCESS, thread, nice)
+    except (OSError, AttributeError) as exc:
+        log.warning(
+            "the media loop stays at its nice value (rtp.loop_nice %d needs root or CAP_SYS_NICE: %s); "
+            "packets may be late while the models or other programs keep the cores busy",
+            nice,
+            exc,
+        )
+        return False
+    log.info("media loop at nice %d", nice)
+    return True
 
 
 def vad_factory(settings: Settings) -> Callable[[], Vad] | None:

@@ -559,6 +559,7 @@ def run_realtime(
     seed: int = 11,
     pin: bool = True,
     priority: bool = False,
+    loop_nice: int = 0,
 ) -> RealtimeRun:
     """Part 2: ``calls`` transports on one ``loop`` for ``seconds`` (after ``warmup``).
 
@@ -568,6 +569,7 @@ def run_realtime(
     ``priority`` runs both in the real-time scheduling class (:data:`RT_PRIORITY`), so that on a
     shared box other programs cannot take the server's core while it has work: deployments of
     media servers do the same, and it is what "on one core" means when the box is not ours alone.
+    ``loop_nice`` below 0 raises the loop's thread as ``serve`` does (``rtp.loop_nice``, root).
     """
     if sink not in ("process", "loop"):
         raise ValueError(f"sink must be 'process' or 'loop', got {sink!r}")
@@ -596,6 +598,10 @@ def run_realtime(
     if placement is not None:
         os.sched_setaffinity(0, placement[0])
     prioritised = priority and _realtime_priority()
+    thread = threading.get_native_id()
+    nice_before = os.getpriority(os.PRIO_PROCESS, thread)
+    if loop_nice:
+        os.setpriority(os.PRIO_PROCESS, thread, loop_nice)
     try:
         with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
             result, stats = runner.run(
@@ -611,6 +617,8 @@ def run_realtime(
                 )
             )
     finally:
+        if loop_nice:
+            os.setpriority(os.PRIO_PROCESS, thread, nice_before)
         if prioritised:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         if previous_cpus is not None:
@@ -626,7 +634,7 @@ def run_realtime(
         report = {"received": stats.received, "sent": stats.sent, "spread_p50_ms": p50, "spread_p99_ms": p99}
     result.other_load = max(0.0, result.other_load - report.get("cpu_util", 0.0))
     result.peer = report
-    result.priority = f"SCHED_RR {RT_PRIORITY}" if prioritised else ""
+    result.priority = f"SCHED_RR {RT_PRIORITY}" if prioritised else (f"nice {loop_nice}" if loop_nice else "")
     if placement is not None:
         server_cpus, peer_cpus = placement
         result.pinned = f"server {min(server_cpus)}"

@@ -200,11 +200,14 @@ class ProcessInference(InferenceService):
 
 # -- the worker -------------------------------------------------------------------------------------
 def _leave_the_media_class(cpus: tuple[int, ...] | None) -> None:
-    """The worker inherits the server's scheduling; a real-time class would let the models starve
-    the media loop. It loads in the normal class (threads inherit it), on ``cpus``."""
+    """The worker inherits the scheduling of the server's thread that started it, the media loop's:
+    a real-time class or a raised nice value (``rtp.loop_nice``) would let the models starve the
+    media. It loads in the normal class at nice 0 (threads inherit it), on ``cpus``."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: run as is
         if os.sched_getscheduler(0) != os.SCHED_OTHER:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        if os.getpriority(os.PRIO_PROCESS, 0) < 0:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)  # lowering one's own priority needs no privilege
     if cpus is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)  # validated against this machine's CPUs with the settings
 
