@@ -1,15 +1,15 @@
 """The audio scripts/eval_endpointing.py measures on: human recordings as telephone calls, clean
-and under a real pub's background, with each utterance's ground truth.
+and under a real restaurant's background, with each utterance's ground truth.
 
 A call is the recording at 8 kHz with ``LEAD_S`` of its own room tone before it and ``TAIL_S`` after
 it, through µ-law. The room tone is Gaussian noise shaped to the spectrum and level of the
 recording's own background, joined by 20 ms equal-power crossfades: the committed fixtures pad with
 white line noise instead, and the step from the room's coloured background to it, 0.15-0.7 s after
 every end, is something Silero at 0.5 calls speech for up to ~200 ms; a real line has no such step (the
-fixtures are measured too, as they are, to show it). The noisy calls add the pub recording
-(``fixtures/noise/restaurant-ambience.wav``, a room of people talking, public domain) over the whole call
-at an SNR defined as ``scripts/noisy_fixtures.py`` does: speech over background power across the
-turn's true speech, at 8 kHz, before G.711. The truth is each turn's ``speech_start_s`` /
+fixtures are measured too, as they are, to show it). The noisy calls add the restaurant
+recording (``fixtures/noise/restaurant-ambience.wav``, a room of people talking, public domain)
+over the whole call at an SNR defined as ``scripts/noisy_fixtures.py`` does: speech over background
+power across the turn's true speech, at 8 kHz, before G.711. The truth is each turn's ``speech_start_s`` /
 ``speech_end_s`` in ``fixtures/manifest.json`` (the clean 16 kHz source's energy envelope).
 
 Deterministic: every random draw comes from a ``RandomState`` seeded by a name.
@@ -163,7 +163,7 @@ def load_utterance(clip: str, entries: dict[str, Any]) -> Utterance:
 
 @cache
 def background() -> Float:
-    """The pub recording at 8 kHz (int16 units, float)."""
+    """The background recording at 8 kHz (int16 units, float)."""
     with wave.open(str(NOISE)) as wav:
         rate = wav.getframerate()
         x = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.float32)
@@ -171,7 +171,7 @@ def background() -> Float:
 
 
 def noise_excerpt(length: int, *key: object) -> Float:
-    """``length`` samples of the pub recording from a seeded offset (never its first/last 50 ms)."""
+    """``length`` samples of the background recording from a seeded offset (never its first/last 50 ms)."""
     bg = background()
     edge = SAMPLE_RATE // 20
     offset = int(seeded(*key).randint(edge, len(bg) - edge - length))
@@ -193,7 +193,7 @@ def on_the_line(x: Float) -> Pcm:
 
 
 def mixed(utt: Utterance, snr_db: float, draw: int) -> tuple[Pcm, Float, float]:
-    """The utterance with the pub background at ``snr_db``; also the excerpt and its gain."""
+    """The utterance with the restaurant background at ``snr_db``; also the excerpt and its gain."""
     noise = noise_excerpt(len(utt.audio), "mix", utt.clip, snr_db, draw)
     gain = snr_gain(utt.audio, noise, utt.start, utt.end, snr_db)
     return on_the_line(utt.audio + gain * noise), noise, gain

@@ -10,8 +10,9 @@ recordings with a ground truth in ``fixtures/manifest.json`` (LibriVox 0870/0880
 goforward, numbers) as calls: 8 kHz, µ-law, with the recording's own room tone around it. *Clean*
 is that; *N dB* adds a real restaurant's background (``fixtures/noise/restaurant-ambience.wav``)
 over the whole call at N dB SNR, ``--draws`` excerpts per recording and level. *Noise only*: the
-whole background excerpt at the three mixes' levels. *Fixtures*: the committed ``speech-*`` captures as they are (their
-padding has a step in the background that Silero reacts to; see that docstring).
+whole background excerpt at the three mixes' levels. *Fixtures*: the committed ``speech-*``
+captures as they are (their padding has a step in the background that Silero reacts to; see that
+docstring).
 
 VAD. Each VAD decides every 20 ms frame in order; its decisions drive the real
 :class:`~sipagent.voice.turns.TurnDetector` (default config: 120 ms to start, 300 ms of silence to
@@ -339,7 +340,7 @@ def vad_section(cases: Sequence[Case], model: SileroModel) -> None:
     for title, rows_of, columns in (
         ("End of speech (per utterance; ms, + = after the true end)", speech, END_COLUMNS),
         ("Inside and around the speech", speech, AROUND_COLUMNS),
-        ("Noise only (the pub excerpt, 20 s, at each mix's median level)", noise, NOISE_COLUMNS),
+        ("Noise only (the restaurant excerpt, 20 s, at each mix's median level)", noise, NOISE_COLUMNS),
     ):
         print(f"### {title}\n")
         rows = []
@@ -609,7 +610,7 @@ def costs_section(utts: Sequence[Utterance], silero: SileroModel, smart: SmartTu
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--draws", type=int, default=3, help="pub excerpts per clip and SNR (VAD)")
+    parser.add_argument("--draws", type=int, default=3, help="background excerpts per clip and SNR (VAD)")
     parser.add_argument("--reps", type=int, default=5, help="passes over the clean calls for the costs")
     parser.add_argument("--skip-smart-turn", action="store_true")
     parser.add_argument("--skip-costs", action="store_true")

@@ -1,5 +1,5 @@
 """Silero VAD on our 20 ms frames: the frame-to-window buffering and state (with a fake network),
-and the real model on recorded speech, on the room after it and on a real pub's babble.
+and the real model on recorded speech, on the room after it and on a real restaurant's babble.
 
 Measured with the real model (onnxruntime, one thread): librivox-0870 through µ-law ends +110 ms
 after the truth on its own and +70 ms under the pub at 10 dB SNR; the pub alone never reaches a
