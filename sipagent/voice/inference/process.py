@@ -30,6 +30,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -223,6 +224,11 @@ def _run_at_serving_priority(config: InferenceConfig) -> None:
 
 def _worker_main(conn: Connection, config: InferenceConfig) -> None:
     """The inference process's whole life: load, announce, serve until told to stop or orphaned."""
+    # The server owns this process: it says "stop", or its end of the pipe closes when it dies. A
+    # Ctrl-C or a SIGTERM sent to the whole process group (a terminal, a service manager) must not
+    # kill it under the server, which would log a crash and start another while shutting down.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     _leave_the_media_class(config.cpus)
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s[inference]: %(message)s"
