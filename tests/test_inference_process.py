@@ -77,17 +77,7 @@ def _utterance(name: str) -> np.ndarray:
 
 async def _run(service: InferenceService, job: Job) -> list[JobResult]:
     """Every result of ``job``, up to its final one."""
-    results: list[JobResult] = []
-    done = asyncio.get_running_loop().create_future()
-
-    def deliver(result: JobResult) -> None:
-        results.append(result)
-        if not isinstance(result, TextPiece) and not done.done():
-            done.set_result(None)
-
-    service.submit(job, deliver)
-    await asyncio.wait_for(done, 120)
-    return results
+    return await asyncio.wait_for(service.run(job), 120)
 
 
 async def test_whisper_in_the_worker_hears_what_it_hears_here(remote: ProcessInference) -> None:

@@ -50,16 +50,7 @@ def _caller_audio(path: Path) -> np.ndarray:
 
 async def ask(service: Inference, job: Job) -> list[JobResult]:
     """Every result of ``job`` up to its final one (raises if it failed)."""
-    results: list[JobResult] = []
-    done = asyncio.get_running_loop().create_future()
-
-    def deliver(result: JobResult) -> None:
-        results.append(result)
-        if not isinstance(result, TextPiece) and not done.done():
-            done.set_result(None)
-
-    service.submit(job, deliver)
-    await done
+    results = await service.run(job)
     if isinstance(results[-1], JobFailed):
         raise RuntimeError(results[-1].reason)
     return results

@@ -58,6 +58,21 @@ class InferenceService:
             self._fail(job_id, f"the inference process is gone ({exc})")
         return Ticket(self, job_id)
 
+    async def run(self, job: Job) -> list[JobResult]:
+        """Every result of ``job`` up to its final one (a convenience for tools and tests; a call's
+        conversation submits and is delivered to instead)."""
+        results: list[JobResult] = []
+        done = self._loop.create_future()
+
+        def deliver(result: JobResult) -> None:
+            results.append(result)
+            if not isinstance(result, TextPiece) and not done.done():
+                done.set_result(None)
+
+        self.submit(job, deliver)
+        await done
+        return results
+
     def release(self, conversation: int) -> None:
         """The call ``conversation`` is over: the models may forget what they kept for it."""
 
