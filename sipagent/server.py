@@ -42,10 +42,10 @@ from .sip.events import (
 from .sip.registration import RegistrationConfig
 from .sip.session import CallState
 from .sip.uri import SipUri
+from .voice.chunker import ChunkerConfig
 from .voice.conversation import ConversationConfig
 from .voice.echo_guard import EchoConfig
 from .voice.inference import Inference, InferenceConfig
-from .voice.spoken import ChunkerConfig
 from .voice.turns import TurnConfig
 from .voice.vad import Vad
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from sipagent.rtp.frames import FRAME_SECONDS, SAMPLES_PER_FRAME, AudioFrame, FrameKind, Pcm
+from sipagent.voice.chunker import ChunkerConfig
 from sipagent.voice.conversation import (
     CancelJob,
     Command,
@@ -47,7 +48,6 @@ from sipagent.voice.jobs import (
     Transcribed,
 )
 from sipagent.voice.llm import Turn
-from sipagent.voice.spoken import ChunkerConfig
 from sipagent.voice.stt import Transcript
 from sipagent.voice.turns import TurnConfig
 

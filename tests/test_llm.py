@@ -20,12 +20,12 @@ from sipagent.config import ConfigError, build_settings
 from sipagent.voice.llm import (
     ChatSession,
     ChatTemplateError,
-    LlamaCppChat,
     LlmError,
-    OpenAIChat,
     Turn,
     chat_model_from_settings,
 )
+from sipagent.voice.llm_llama import LlamaCppChat
+from sipagent.voice.llm_openai import OpenAIChat
 from sipagent.voice.models import DEFAULT_LLM_MODEL, ROOT, resolve_model_path
 from tests.fakes import FakeChat
 from tests.model_gate import require_models

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipagent.voice.spoken import ChunkerConfig, SentenceChunker, SpokenFilter, speakable
+from sipagent.voice.chunker import ChunkerConfig, SentenceChunker
+from sipagent.voice.spoken import SpokenFilter, speakable
 
 
 def streamed(text: str, sizes: list[int]) -> list[str]:

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass, field
 
 from ...config import DEFAULT_SYSTEM_PROMPT
+from ..chunker import ChunkerConfig
 from ..echo_guard import EchoConfig
-from ..spoken import ChunkerConfig
 from ..turns import TurnConfig
 
 

@@ -35,9 +35,10 @@ from collections.abc import Callable, Mapping
 
 from ...errors import SipAgentError
 from ...rtp.frames import Pcm
+from ..chunker import SentenceChunker
 from ..jobs import Synthesize
 from ..playback import Playback
-from ..spoken import SentenceChunker, SpokenFilter
+from ..spoken import SpokenFilter
 from ..tts import trim_leading_silence
 from .config import ConversationConfig
 from .record import TurnRecord
