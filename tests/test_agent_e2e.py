@@ -9,6 +9,7 @@ agent stops within two frames of deciding to); latency figures come from scripts
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ import pytest_asyncio
 
 from sipagent.config import build_settings
 from sipagent.replay.agent_replay import AgentReplay
-from sipagent.replay.capture import load_caller_leg
+from sipagent.replay.capture import CallerLeg, TimedPacket, load_caller_leg
 from sipagent.replay.echo_line import EchoLine
 from sipagent.replay.impair import Impairments
 from sipagent.replay.runner import ReplayEvent
@@ -80,12 +81,30 @@ async def _replay(
     *,
     echo: EchoLine | None = None,
     config: ConversationConfig | None = None,
+    line_open_s: float = 0.0,
 ) -> tuple[AgentReplay, list[ReplayEvent]]:
+    """``line_open_s``: the caller's line stays up this much longer after the capture (its last
+    second of line noise, repeated), as a real caller's RTP does while the agent talks."""
     events: list[ReplayEvent] = []
     leg = load_caller_leg(FIXTURES / name)
+    if line_open_s:
+        _keep_line_open(leg, line_open_s)
     runner = AgentReplay(leg, Impairments(), models, config or conversation_config(SETTINGS), echo=echo)
     await runner.run(events.append)
     return runner, events
+
+
+def _keep_line_open(leg: CallerLeg, seconds: float) -> None:
+    tail = leg.packets[-50:]  # the last second: line noise after the speech
+    last = leg.packets[-1]
+    for index in range(round(seconds / 0.02)):
+        source = tail[index % len(tail)].packet
+        packet = dataclasses.replace(
+            source,
+            sequence_number=(last.packet.sequence_number + 1 + index) & 0xFFFF,
+            timestamp=(last.packet.timestamp + 160 * (1 + index)) & 0xFFFFFFFF,
+        )
+        leg.packets.append(TimedPacket(last.time + 0.02 * (1 + index), packet))
 
 
 def _of(events: list[ReplayEvent], kind: str) -> list[dict[str, object]]:
@@ -156,11 +175,12 @@ async def test_backchannel_and_cough_do_not_interrupt() -> None:
         await service.aclose()
     interjections = MANIFEST["agent-backchannel.pcap"]["interjections"]
     over_agent = [i["kind"] for i in interjections if runner.agent_voice_at(float(i["at_s"]) - 0.04)]
-    # When the reply starts depends on how fast the models run (a loaded box: later); at least one
-    # interjection must have landed on the agent's voice, or the test would prove nothing.
-    assert over_agent, (over_agent, runner.records)
-    assert not _of(events, "barge_in")
     record = runner.records[0]
+    # When the reply starts depends on how fast the models run (a loaded box: later), and a slow
+    # voice pauses between words: an interjection landed on the reply if it was heard over it
+    # (held the line) or the agent's voice was going out then. Without either the test proves nothing.
+    assert over_agent or record.holds >= 1, (over_agent, runner.records)
+    assert not _of(events, "barge_in")
     assert not record.interrupted and record.reply, runner.records
     assert "young man" in record.transcript.lower()
     # Held for at most a moment per interjection, then resumed: the whole reply was heard.
@@ -170,7 +190,8 @@ async def test_backchannel_and_cough_do_not_interrupt() -> None:
 async def test_the_agents_own_echo_does_not_interrupt_it(models: InferenceService) -> None:
     setting = MANIFEST["agent-echo.pcap"]["echo"]
     echo = EchoLine("PCMU", return_loss_db=setting["return_loss_db"], delay_ms=setting["delay_ms"])
-    runner, events = await _replay("agent-echo.pcap", models, echo=echo)
+    # The line stays up while the agent talks (a slow box may start the reply late in the capture).
+    runner, events = await _replay("agent-echo.pcap", models, echo=echo, line_open_s=10.0)
     assert echo.mixed_peak > 500, "the echo line returned nothing: the test would prove nothing"
     assert not _of(events, "barge_in")
     assert len(runner.records) == 1 and not runner.records[0].interrupted, runner.records
