@@ -30,11 +30,17 @@ _RTP_HEADER = 12
 
 
 def _speech_then_noise(seconds_after: float) -> tuple[np.ndarray, float]:
-    leg = load_caller_leg(FIXTURES / "speech-librivox-0880.pcap")
+    """The fixture's audio, then faint noise; and where its speech truly ends (the manifest's
+    ground truth: the fixture runs on 0.7 s past it, and the agent may well answer in that time)."""
+    import json
+
+    name = "speech-librivox-0880.pcap"
+    leg = load_caller_leg(FIXTURES / name)
     table = decode_table(leg.codec)
     speech = np.concatenate([table.take(np.frombuffer(p.packet.payload, np.uint8)) for p in leg.packets])
     noise = np.random.default_rng(7).normal(0, 20, round(seconds_after * 8000)).astype(np.int16)
-    return np.concatenate([speech, noise]), speech.size / 8000
+    manifest = {f["file"]: f for f in json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]}
+    return np.concatenate([speech, noise]), float(manifest[name]["turns"][0]["speech_end_s"])
 
 
 def test_sipp_caller_hears_the_agent_reply_after_speaking(tmp_path: Path) -> None:
@@ -56,7 +62,7 @@ def test_sipp_caller_hears_the_agent_reply_after_speaking(tmp_path: Path) -> Non
     assert len(replies) > 200, capture.describe()  # silence fill keeps the line alive from the start
     first = capture.rtp_packets(src_port=media_port)[0].timestamp  # the caller starts talking
     peaks = [(p.timestamp - first, int(np.abs(table_decode(p.payload)).max())) for p in replies]
-    while_caller_talks = [peak for at, peak in peaks if at < speech_s - 0.2]
+    while_caller_talks = [peak for at, peak in peaks if at < speech_s]
     after = [at for at, peak in peaks if at >= speech_s and peak > 2000]
     assert max(while_caller_talks) < 200, "the agent talked over the caller"
     assert len(after) >= 25, "no voiced reply (half a second at least) after the caller stopped"
