@@ -156,9 +156,11 @@ async def test_barge_in_stops_the_agent_within_two_frames_and_answers_the_caller
     assert history[0].role == "assistant" and history[0].text == greeting.reply
     onset = MANIFEST["agent-barge-in.pcap"]["turns"][0]["voice_activity_s"][0]
     # Heard where the fixture's voice starts, give or take the capture's 0.3 s of call set-up before
-    # the first packet and the jitter buffer's delay.
+    # the first packet and the jitter buffer's delay. The onset can land on the very packet the manifest
+    # names (the difference is then 0 up to float rounding, which once read as -1e-12), or a frame or
+    # two before it where the VAD hears the breath that the manifest's energy envelope does not.
     assert greeting.caller_onset_at is not None
-    assert 0 <= greeting.caller_onset_at - runner.t0 - onset < 0.6, greeting
+    assert -0.1 <= greeting.caller_onset_at - runner.t0 - onset < 0.6, greeting
     answered = [r for r in runner.records[1:] if r.reply]
     assert answered and "young man" in answered[0].transcript.lower(), runner.records
 
