@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -24,6 +22,15 @@ from pydantic import (
     model_validator,
 )
 
+from .config_product import (
+    ApiSettings,
+    InboundSettings,
+    LimitsSettings,
+    OutboundSettings,
+    RouteSettings,
+    check_routes,
+)
+from .config_section import Section
 from .errors import SipAgentError
 from .model_paths import DEFAULT_LLM_MODEL, DEFAULT_STT_MODEL, DEFAULT_TTS_VOICE, resolve_model_path
 from .sip.errors import RemoteProtocolError
@@ -42,8 +49,7 @@ class ConfigError(SipAgentError):
     """The configuration cannot be used; the message names each bad key and the problem."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Section = Section
 
 
 class SipSettings(_Section):
@@ -117,6 +123,15 @@ class RtpSettings(_Section):
 class TrunkSettings(_Section):
     """The carrier or PBX we attach to (optional: without it we only take calls sent to us)."""
 
+    #: What the carrier needs filled in (sipagent/product/trunks.py): ``twilio`` (static, Request-URI
+    #: on the termination host, its signalling ranges for allow_from), ``telnyx`` (registration to
+    #: sip.telnyx.com, SRV), ``generic`` (nothing assumed).
+    profile: Literal["twilio", "telnyx", "generic"] = "generic"
+    #: Our number (E.164) as outbound calls present it: the From user part (and P-Asserted-Identity
+    #: where the profile uses it). Twilio refuses a number it does not own or has not verified.
+    caller_id: str | None = None
+    #: Display name with caller_id (optional).
+    caller_name: str | None = None
     mode: Literal["register", "static"] = "static"
     #: Registrar (register mode) or where outbound INVITEs go (static mode), as a SIP URI.
     uri: str
@@ -419,7 +434,14 @@ class Settings(_Section):
     llm: LlmSettings = Field(default_factory=LlmSettings)  # type: ignore[arg-type]
     tts: TtsSettings = Field(default_factory=TtsSettings)  # type: ignore[arg-type]
     agent: AgentSettings = Field(default_factory=AgentSettings)  # type: ignore[arg-type]
+    inbound: InboundSettings = Field(default_factory=InboundSettings)
+    routes: list[RouteSettings] = Field(default_factory=list)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)  # type: ignore[arg-type]
+    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    _routes = field_validator("routes")(check_routes)
 
 
 def _format_errors(error: ValidationError) -> str:
