@@ -357,6 +357,45 @@ def test_words_said_from_outside_wait_their_turn_then_the_call_ends() -> None:
     ]
 
 
+def test_text_said_with_interrupt_cuts_the_reply_on_the_line_and_goes_first() -> None:
+    conversation, line = _conversation(greeting=GREETING)
+    line.run(conversation.start(line.now))
+    line.run(conversation.say("Queued after.", line.now))
+    line.answer(Synthesized(1, speech_audio(10)))
+    line.until(4)
+    line.run(conversation.say("Stop, news.", line.now, interrupt=True))
+    line.answer(Synthesized(3, speech_audio(5)))
+    line.answer(Synthesized(2, speech_audio(5)))
+    line.until(20)
+    events = line.events()
+    assert events[:3] == [
+        (0, f"synthesize 1 {GREETING!r}"),
+        (0, "synthesize 2 'Queued after.'"),
+        (4, "flush"),
+    ]
+    assert (4, "synthesize 3 'Stop, news.'") in events
+    turns = [event for event in events if event[1].startswith("turn")]
+    assert [text for _, text in turns] == [
+        "turn 1 interrupted 'Hello,'",
+        "turn 2 answered 'Stop, news.'",
+        "turn 3 answered 'Queued after.'",
+    ]
+
+
+def test_a_call_that_does_not_listen_neither_replies_nor_stops_for_the_caller() -> None:
+    conversation, line = _conversation(listen=False)
+    line.run(conversation.say("Your table is booked.", line.now, hang_up_after="message played"))
+    line.answer(Synthesized(1, speech_audio(20)))
+    line.play(voice(30))  # the callee talks all through the message
+    line.until(40)
+    assert line.events() == [
+        (0, "synthesize 1 'Your table is booked.'"),
+        (20, "turn 1 answered 'Your table is booked.'"),
+        (20, "end call message played"),
+    ]
+    assert not any(isinstance(command, Transcribe | FlushOutput) for _, command in line.log)
+
+
 def test_the_reply_table_allows_nothing_else() -> None:
     reply = Reply(TurnRecord(turn=1), ConversationConfig(), now=0.0)
     assert reply.state is ReplyState.TRANSCRIBING

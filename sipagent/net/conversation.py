@@ -92,9 +92,11 @@ class ConversationRunner:
         """The call was answered: the greeting, if any."""
         self._execute(self.conversation.start(self.clock()))
 
-    def say(self, text: str, *, hang_up_after: str | None = None) -> None:
-        """Speak ``text`` into the call (after what the agent is saying now)."""
-        self._execute(self.conversation.say(text, self.clock(), hang_up_after=hang_up_after))
+    def say(self, text: str, *, hang_up_after: str | None = None, interrupt: bool = False) -> None:
+        """Speak ``text`` into the call: after what the agent is saying now, or cutting it short."""
+        self._execute(
+            self.conversation.say(text, self.clock(), hang_up_after=hang_up_after, interrupt=interrupt)
+        )
 
     def on_tick(self, tick: Tick) -> None:
         """One 20 ms tick of the call (the media transport's callback)."""

@@ -27,6 +27,9 @@ class ConversationConfig:
     max_turn_s: float = 30.0
     #: Said when the call starts (None: wait for the caller).
     greeting: str | None = None
+    #: Take turns with the caller. False: the call only speaks (a notification): the caller's voice
+    #: neither interrupts it nor gets a reply.
+    listen: bool = True
     #: How replies are cut for TTS. The first chunk ends at a clause after two words, else at a
     #: word by 16 characters (two or three words): every token waited for before it is ~10 ms more
     #: to the first audio, and Piper's time grows with the chunk (63 ms against 85 ms for the old 3

@@ -106,10 +106,18 @@ class Conversation:
             self._say(self.config.greeting, now, None)
         return self._take()
 
-    def say(self, text: str, now: float, *, hang_up_after: str | None = None) -> list[Command]:
-        """Speak ``text`` (from outside the call), after whatever the agent is saying now; with
-        ``hang_up_after``, end the call once it has been said (or cut short)."""
+    def say(
+        self, text: str, now: float, *, hang_up_after: str | None = None, interrupt: bool = False
+    ) -> list[Command]:
+        """Speak ``text`` (from outside the call), after whatever the agent is saying now, or at once
+        cutting it short (``interrupt``: the cut reply is recorded as interrupted, what waits after
+        it still follows); with ``hang_up_after``, end the call once it has been said (or cut short)."""
         if not self.closed:
+            if interrupt and self._speaking is not None:
+                self._interrupt(self._speaking)
+                if self._speaking is not None:  # the next waiting text: it goes after the new one
+                    self._waiting.appendleft(self._speaking)
+                    self._speaking = None
             self._say(text, now, hang_up_after)
         return self._take()
 
@@ -130,13 +138,14 @@ class Conversation:
                 and int(np.abs(out).max()) >= VOICED_PEAK
             ):
                 self._note_first_audio(record, now)
-        agent_on = speaking is not None and speaking.playback.playing
-        watch = speaking is not None and not speaking.playback.done
-        for event in self.listener.hear(
-            frame.inbound, now, agent_on=agent_on, newest=frame.newest_inbound, watch=watch
-        ):
-            self._on_turn_event(event, now)
-        self._hold_or_resume(now)
+        if self.config.listen:
+            agent_on = speaking is not None and speaking.playback.playing
+            watch = speaking is not None and not speaking.playback.done
+            for event in self.listener.hear(
+                frame.inbound, now, agent_on=agent_on, newest=frame.newest_inbound, watch=watch
+            ):
+                self._on_turn_event(event, now)
+            self._hold_or_resume(now)
         self._feed(now)
         return self._take()
 
