@@ -248,9 +248,11 @@ class SipEndpoint:
         call.media.set_local_port(rtp_port)
         return call.answer(now)
 
-    def reject(self, call_id: str, status: int, now: float) -> None:
-        """Refuse an incoming call with a final error status."""
-        self._call(call_id).reject(status, now)
+    def reject(
+        self, call_id: str, status: int, now: float, *, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        """Refuse an incoming call with a final error status (``headers``: e.g. Retry-After)."""
+        self._call(call_id).reject(status, now, headers=headers)
 
     def hangup(self, call_id: str, now: float) -> None:
         """End a call: BYE, CANCEL or a final error, whichever its state calls for."""

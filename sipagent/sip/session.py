@@ -152,10 +152,20 @@ class InviteSession(UacSession):
         self.state = CallState.ANSWERED
         return self.negotiated
 
-    def reject(self, status: int, now: float, *, reason: str | None = None) -> None:
-        """Answer the INVITE with a final error (486, 603, 488…) and end the call."""
+    def reject(
+        self,
+        status: int,
+        now: float,
+        *,
+        reason: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """Answer the INVITE with a final error (486, 603, 488…) and end the call; ``headers`` are
+        added to the response (a 503's Retry-After)."""
         tx = self._require_uas_pending()
         response = self._uas_response(status, reason)
+        for name, value in headers:
+            response.headers.add(name, value)
         if status == 488:
             response.headers.set("Warning", '304 sipagent "Media type not available"')
         self.ctx.send_response(tx, response, now)
