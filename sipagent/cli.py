@@ -81,6 +81,7 @@ def _overrides(options: dict[str, Any]) -> dict[str, Any]:
         "log_level": options.get("log_level"),
         "mode": options.get("mode"),
         "answer_delay": options.get("answer_delay"),
+        "api.port": options.get("api_port"),
     }
 
 
@@ -98,6 +99,7 @@ def main() -> None:
     help="What answered calls get: the phone agent (default) or their own audio back (trunk test).",
 )
 @click.option("--answer-delay", type=float, help="Seconds to ring before answering (default 0).")
+@click.option("--api-port", type=click.IntRange(0, 65535), help="Control API port (default 8060; 0: any).")
 def serve(config: Path | None, **options: Any) -> None:
     """Answer calls until interrupted (SIGINT/SIGTERM hang up every call cleanly)."""
     settings = _settings(config, _overrides(options))
@@ -106,15 +108,21 @@ def serve(config: Path | None, **options: Any) -> None:
 
 
 async def _serve(settings: Settings) -> None:
+    from .api.server import ApiBindError
     from .server import Server
     from .voice.inference import ModelLoadError
 
-    server = Server(settings)
+    try:
+        server = Server(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         await server.start()
-    except ModelLoadError as exc:
+    except (ModelLoadError, ConfigError, ApiBindError) as exc:
+        await server.stop()
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
+        await server.stop()
         raise click.ClickException(f"cannot listen: {exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
