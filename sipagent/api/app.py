@@ -263,9 +263,18 @@ def _install_openapi(app: FastAPI) -> None:
                 }
             }
             for path, operations in schema.get("paths", {}).items():
-                if path != "/healthz":
-                    for operation in operations.values():
+                for operation in operations.values():
+                    if path != "/healthz":
                         operation["security"] = [{"bearer": []}]
+                    # FastAPI documents its own 422 body where a route declares none; ours has
+                    # the one error shape.
+                    for response in operation.get("responses", {}).values():
+                        content = response.get("content", {}).get("application/json", {})
+                        if content.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                            content["schema"] = {"$ref": "#/components/schemas/ErrorModel"}
+                            response["description"] = "A parameter is out of bounds."
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema["components"].get("schemas", {}).pop(name, None)
             app.openapi_schema = schema
         return app.openapi_schema
 

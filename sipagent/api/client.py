@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from types import TracebackType
 from typing import Any
 
@@ -166,7 +166,7 @@ class ApiClient:
 
     def events(
         self, call_id: str | None = None, *, open_timeout: float | None = None
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         """Every event from now on (of one call: until it ends), as JSON objects.
 
         Ends when the server closes the stream normally (a one-call stream after ``call_ended``);

@@ -17,9 +17,11 @@ import logging
 import socket
 
 import uvicorn
-from fastapi import FastAPI
 
 from ..errors import SipAgentError
+from ..product.control import CallControl
+from .app import create_app
+from .config import ApiConfig
 
 log = logging.getLogger("sipagent.api")
 
@@ -33,16 +35,18 @@ class ApiBindError(SipAgentError):
 
 
 class ApiServer:
-    """The control API on ``host:port`` (port 0: a free one, see :attr:`bound_port`)."""
+    """The control API over ``control`` on ``config.bind:config.port`` (port 0: a free one, see
+    :attr:`bound_port`)."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 8060) -> None:
-        """Serve ``app``; nothing is bound before :meth:`start`."""
-        self.host = host
-        self.port = port
+    def __init__(self, control: CallControl, config: ApiConfig) -> None:
+        """Build the application (:func:`~.app.create_app`); nothing is bound before :meth:`start`."""
+        self.host = config.bind
+        self.port = config.port
+        self.app = create_app(control, config)
         self._config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
+            self.app,
+            host=self.host,
+            port=self.port,
             log_level="warning",
             log_config=None,  # the server's logging setup stays as it is
             lifespan="off",
