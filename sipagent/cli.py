@@ -13,13 +13,11 @@ from typing import Any
 
 import click
 
+from .cli_control import COMMANDS
 from .config import ConfigError, Settings, load_settings
 from .replay.capture import CallerLeg
 from .replay.impair import Impairments
 from .replay.runner import ReplayEvent
-from .sip.errors import RemoteProtocolError
-from .sip.events import CallAnswered
-from .sip.uri import SipUri
 
 
 def _settings(config: Path | None, overrides: dict[str, Any]) -> Settings:
@@ -61,7 +59,7 @@ _common = [
 
 
 def common_options(func: Any) -> Any:
-    """Options shared by serve and call."""
+    """The options of serve."""
     for option in reversed(_common):
         func = option(func)
     return func
@@ -132,46 +130,6 @@ async def _serve(settings: Settings) -> None:
     await stop.wait()
     logging.getLogger("sipagent").info("shutting down")
     await server.stop()
-
-
-@main.command()
-@common_options
-@click.argument("target")
-@click.option(
-    "--mode",
-    type=click.Choice(["echo", "agent"]),
-    default="echo",
-    show_default=True,
-    help="What the callee gets: its own audio back (trunk test) or the phone agent.",
-)
-@click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds to stay on the call.")
-@click.option(
-    "--answer-timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for an answer."
-)
-def call(config: Path | None, target: str, duration: float, answer_timeout: float, **options: Any) -> None:
-    """Place one call to TARGET (a SIP URI) through the configured trunk; exit 0 if answered."""
-    settings = _settings(config, _overrides(options))
-    _setup_logging(settings.log_level)
-    try:
-        uri = SipUri.parse(target)
-    except RemoteProtocolError as exc:
-        raise click.ClickException(f"TARGET: {exc}") from None
-    answered = asyncio.run(_call(settings, uri, duration, answer_timeout))
-    if not answered:
-        sys.exit(1)
-
-
-async def _call(settings: Settings, target: SipUri, duration: float, answer_timeout: float) -> bool:
-    from .server import Server
-
-    server = Server(settings)
-    await server.start()
-    try:
-        outcome = await server.place_call(target, duration=duration, answer_timeout=answer_timeout)
-    finally:
-        await server.stop()
-    click.echo(f"outcome: {outcome}")
-    return isinstance(outcome, CallAnswered)
 
 
 @main.command()
@@ -291,3 +249,8 @@ async def _replay_pipeline(
         await AgentReplay(leg, impairments, inference, config, echo=echo, vad=vad_factory(settings)).run(emit)
     finally:
         await inference.aclose()
+
+
+# The commands that talk to a running server through its control API (sipagent/cli_control.py).
+for _command in COMMANDS:
+    main.add_command(_command)

@@ -294,7 +294,7 @@ async def test_a_missing_or_wrong_token_is_401_and_tells_nothing(api: Api, autho
 async def test_the_token_is_compared_exactly() -> None:
     async for api in _start(FakeControl(), ApiConfig(port=0, token="ü-token")):
         async with httpx.AsyncClient(base_url=api.server.url) as client:
-            ok = await client.get("/v1/calls", headers={"Authorization": "bearer ü-token".encode()})
+            ok = await client.get("/v1/calls", headers={b"Authorization": "bearer ü-token".encode()})
             assert ok.status_code == 200
             assert (await client.get("/v1/calls", headers={"Authorization": "Bearer"})).status_code == 401
 
