@@ -269,10 +269,16 @@ class SipEndpoint:
         credentials: Credentials | None = None,
         outbound_proxy: SipUri | None = None,
         extra_headers: tuple[tuple[str, str], ...] = (),
+        destination: Address | None = None,
     ) -> str:
-        """Place an outbound call; returns its Call-ID (the handle for later commands)."""
-        hop = outbound_proxy or target
-        destination = uri_address(hop)
+        """Place an outbound call; returns its Call-ID (the handle for later commands).
+
+        ``destination`` is where the INVITE goes when the adapter has located the first hop
+        (``outbound_proxy or target``) by RFC 3263; without it, that URI's own host, port and
+        transport. Its transport is the one named in our Via and Contact.
+        """
+        if destination is None:
+            destination = uri_address(outbound_proxy or target)
         call_id = f"{self.new_token()}@{self.config.public_host}"
         media = self._media_session(rtp_port)
         session = InviteSession(self, call_id=call_id, role="uac", media=media, flow=destination)

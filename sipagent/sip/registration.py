@@ -39,6 +39,9 @@ class RegistrationConfig:
     retry_base: float = 30.0
     retry_max: float = 1800.0
     extra_headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    #: Where the REGISTERs (refreshes included) go when the adapter located the registrar (or the
+    #: outbound proxy) by RFC 3263; None sends to that URI's own host, port and transport.
+    destination: Address | None = None
 
 
 def refresh_delay(granted: int) -> float:
@@ -71,7 +74,9 @@ class Registration:
         return str(self.config.aor)
 
     def destination(self) -> Address:
-        """Where REGISTERs go."""
+        """Where REGISTERs go: the located address when the config has one."""
+        if self.config.destination is not None:
+            return self.config.destination
         return uri_address(self.config.outbound_proxy or self.config.registrar)
 
     # -- TransactionOwner-style entry points, via the endpoint ---------------------------------
