@@ -22,6 +22,10 @@ Three parts, one run, one table (each part's method is in its module's docstring
    :mod:`benchkit.media_realtime`), and per-sample Python G.711 against the lookup tables
    (:mod:`benchkit.baselines`).
 
+``--api-rps N`` repeats each asyncio media run (peer in its own process) with the control API
+served on the same event loop under N requests a second from a client process
+(:mod:`benchkit.api_load`): does a steady stream of API requests move the media p99?
+
 ``--loop uvloop`` (or ``both``, the default, which runs uvloop when it can be imported) measures
 the real-time part on uvloop as well; uvloop is not a project dependency (see docs/benchmarks.md).
 
@@ -39,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
+from benchkit.api_load import api_summary
 from benchkit.baselines import CodecBaseline, codec_baseline, python_ulaw_decode, python_ulaw_encode
 from benchkit.common import (
     FIXTURE,
@@ -80,6 +85,7 @@ __all__ = [
     "CpuSummary",
     "Impairments",
     "RealtimeRun",
+    "api_summary",
     "codec_baseline",
     "cpu_benchmark",
     "load_speech",
@@ -138,6 +144,7 @@ def render(results: dict[str, Any]) -> str:
             f"{run['peer'].get('spread_p99_ms', math.nan):>9.2f}{run['other_load']:>7.2f}"
             f"{run['runqueue_wait']:>8.1%}"
         )
+    out += api_summary(results["realtime"])
     out += [f"   {skipped}" for skipped in results["skipped"]]
     pinned = sorted({run["pinned"] for run in results["realtime"]})
     priority = sorted({run["priority"] for run in results["realtime"]})
@@ -296,10 +303,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="[agent] inference_sched for the inference load",
     )
+    parser.add_argument(
+        "--api-rps",
+        type=float,
+        default=0.0,
+        help="repeat each asyncio media run (peer process) with the control API on the same loop "
+        "answering this many GET /v1/calls and GET /v1/calls/{id} a second, alternately (0: no)",
+    )
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeat < 1 or args.seconds <= 0 or args.rt_seconds <= 0:
         parser.error("--calls and --repeat must be positive, --seconds and --rt-seconds > 0")
+    if args.api_rps < 0:
+        parser.error("--api-rps must not be negative")
     if not 0 <= args.loss <= 1 or args.jitter_ms < 0:
         parser.error("--loss is a probability and --jitter-ms must not be negative")
 
@@ -307,8 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     speech = load_speech()
-    # loop, sink, calls, bare, where the models run meanwhile ("": no inference load)
-    plan: list[tuple[str, str, int, bool, str]] = []
+    # loop, sink, calls, bare, where the models run meanwhile ("": no inference load), API rps (0: none)
+    plan: list[tuple[str, str, int, bool, str, float]] = []
     modes = (
         ()
         if args.inference is None
@@ -327,16 +343,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             for calls in args.rt_calls:
                 for sink in sinks if loop_name == "asyncio" else sinks[:1]:
-                    plan.append((loop_name, sink, calls, False, ""))
+                    plan.append((loop_name, sink, calls, False, "", 0.0))
                     if loop_name == "asyncio" and sink == "process":
-                        plan += [(loop_name, sink, calls, False, mode) for mode in modes]
+                        plan += [(loop_name, sink, calls, False, mode, 0.0) for mode in modes]
+                        if args.api_rps > 0:
+                            plan.append((loop_name, sink, calls, False, "", args.api_rps))
             if loop_name == "asyncio" and not args.no_bare:
-                plan.append((loop_name, sinks[0], max(args.rt_calls), True, ""))
+                plan.append((loop_name, sinks[0], max(args.rt_calls), True, "", 0.0))
     realtime: list[RealtimeRun] = []
     # The real-time runs go first, before part 1 fills this process with its calls' objects.
     loads: dict[str, InferenceLoad] = {}
-    for loop_name, sink, calls, bare, inference in plan:
+    for loop_name, sink, calls, bare, inference, api_rps in plan:
         meanwhile = f" with inference ({inference})" if inference else ""
+        meanwhile += f" with the control API at {api_rps:g} requests/s" if api_rps else ""
         say(
             f"real time: {calls} calls on {loop_name}, peer in the {sink}, "
             f"{'no media work' if bare else 'media'}{meanwhile} ..."
@@ -363,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pin=not args.no_pin,
             priority=args.rt_priority,
             loop_nice=args.loop_nice,
+            api_rps=api_rps,
         )
         if inference and load is not None:
             load.stop()

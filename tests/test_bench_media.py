@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -80,3 +81,12 @@ def test_command_line_prints_json_and_a_table(bench: ModuleType, capsys: pytest.
     assert results["cpu"]["per_frame_us"] > 0 and results["realtime"][0]["ticks"] > 0
     table = bench.render(results)
     assert "calls per core" in table and "Targets" in table
+
+
+def test_api_load_is_served_on_the_media_loop(bench: ModuleType, speech: list[bytes]) -> None:
+    run = bench.run_realtime(speech, calls=2, seconds=1.0, sink="loop", warmup=0.3, api_rps=10)
+    assert run.work == "api" and run.ticks >= 2 * 40
+    assert run.api["sent"] > 0 and run.api["served"] > 0 and run.api["failed"] == 0
+    assert 0 < run.api["p50_ms"] <= run.api["p99_ms"]
+    lines = bench.api_summary([dataclasses.asdict(run)])
+    assert "Control API on the same loop" in "\n".join(lines)

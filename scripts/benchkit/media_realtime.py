@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import cast
 
+from benchkit.api_load import ApiLoad
 from benchkit.common import (
     FRAME,
     FRAME_US,
@@ -329,6 +330,8 @@ class RealtimeRun:
     #: work "inf-proc"/"inf-thre": the voice jobs that ran meanwhile (stt, llm, tts counts).
     inference_jobs: dict[str, int] = field(default_factory=dict)
     priority: str = ""  # "SCHED_RR 10": the scheduling class with --rt-priority ("" normal)
+    #: work "api": the control API load served on the same loop meanwhile (benchkit.api_load).
+    api: dict[str, float] = field(default_factory=dict)
 
 
 async def _serve(
@@ -341,6 +344,7 @@ async def _serve(
     peer_port: int | None,
     start_peer: Callable[[list[int]], None] | None,
     seed: int,
+    api: ApiLoad | None = None,
 ) -> tuple[RealtimeRun, _PeerStats | None]:
     """Run ``calls`` transports; with ``peer_port`` None the peer runs on this same loop."""
     loop = asyncio.get_running_loop()
@@ -378,6 +382,8 @@ async def _serve(
     if peer is not None and peer_stats is not None:
         peer_stats.measure_from = time.monotonic() + warmup
         tasks.append(asyncio.create_task(_feed_in_loop(_Feeder(speech, ports, seed + 1), peer, peer_stats)))
+    if api is not None:  # the API's requests start with the warm-up, as the peer's packets do
+        await api.start(calls, duration=warmup + seconds + 0.5, measure_after=warmup)
 
     await asyncio.sleep(warmup)
     # Every tick of the measured run stays in its call's window (sized for the run), and the
@@ -395,6 +401,8 @@ async def _serve(
     counts: list[list[int]] = []
     usage0, busy0, wall0 = resource.getrusage(resource.RUSAGE_SELF), machine_busy(), time.perf_counter()
     wait0 = _runqueue_wait()
+    if api is not None:
+        api.mark()
     remaining = seconds
     while remaining > 0:
         await asyncio.sleep(min(1.0, remaining))
@@ -413,6 +421,7 @@ async def _serve(
         previous = marks
     wakeups = clock.wakeups + sum(t.wakeups for t in transports if isinstance(t, _BareCall))
     jitter = [t.session.jitter.stats for t in transports if isinstance(t, MediaTransport)]
+    api_report = await api.stop() if api is not None else {}
     for task in tasks:
         task.cancel()
     for close in closers:
@@ -428,7 +437,7 @@ async def _serve(
     return (
         RealtimeRun(
             loop=type(loop).__module__.split(".")[0],
-            work="none" if bare else "media",
+            work="none" if bare else "api" if api is not None else "media",
             sink="same loop" if peer is not None else "process",
             calls=calls,
             seconds=wall,
@@ -456,6 +465,7 @@ async def _serve(
             peer={},
             sent_ahead=clock.sent_ahead / wall,
             runqueue_wait=(wait1 - wait0) / wall,
+            api=api_report,
         ),
         peer_stats,
     )
@@ -560,6 +570,7 @@ def run_realtime(
     pin: bool = True,
     priority: bool = False,
     loop_nice: int = 0,
+    api_rps: float = 0.0,
 ) -> RealtimeRun:
     """Part 2: ``calls`` transports on one ``loop`` for ``seconds`` (after ``warmup``).
 
@@ -570,6 +581,8 @@ def run_realtime(
     shared box other programs cannot take the server's core while it has work: deployments of
     media servers do the same, and it is what "on one core" means when the box is not ours alone.
     ``loop_nice`` below 0 raises the loop's thread as ``serve`` does (``rtp.loop_nice``, root).
+    ``api_rps`` above 0 serves the control API on the same loop under that many requests a second
+    (:mod:`benchkit.api_load`; the load generator runs on the peer's core when pinned).
     """
     if sink not in ("process", "loop"):
         raise ValueError(f"sink must be 'process' or 'loop', got {sink!r}")
@@ -592,6 +605,8 @@ def run_realtime(
         def start_peer(ports: list[int]) -> None:
             parent.send((ports, warmup + seconds + 1.0, warmup))
 
+    # Forked before the loop exists too; it gets the API's address once the API listens.
+    api = ApiLoad(api_rps, placement[1] if placement is not None else None) if api_rps > 0 else None
     gc.collect()
     gc.freeze()  # as Server.start does once it is up: the startup heap is not walked by the collector
     report: dict[str, float] = {}
@@ -614,6 +629,7 @@ def run_realtime(
                     peer_port=int(link.recv()) if link is not None else None,
                     start_peer=start_peer,
                     seed=seed,
+                    api=api,
                 )
             )
     finally:
