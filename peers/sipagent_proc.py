@@ -29,6 +29,8 @@ class SipagentServer:
     config_text: str | None = None
     sip_port: int = field(default_factory=free_sip_port)
     tls_port: int | None = None
+    #: The control API's port (its own, so servers side by side do not collide).
+    api_port: int = field(default_factory=free_tcp_port)
     #: How many RTP ports (even and odd) the server may use.
     rtp_port_count: int = RTP_PORTS
     rtp_min: int = 0
@@ -50,6 +52,11 @@ class SipagentServer:
         return list(range(self.rtp_min, self.rtp_min + self.rtp_port_count))
 
     @property
+    def api_url(self) -> str:
+        """The control API's root (``sipagent call --api URL``)."""
+        return f"http://{HOST}:{self.api_port}"
+
+    @property
     def address(self) -> str:
         """``host:port`` for sipp."""
         return f"{HOST}:{self.sip_port}"
@@ -59,6 +66,8 @@ class SipagentServer:
         argv = [sys.executable, "-m", "sipagent", command, *args]
         argv += ["--sip-bind", HOST, "--sip-port", str(self.sip_port), "--log-level", "debug"]
         argv += ["--mode", self.mode]
+        if command == "serve":
+            argv += ["--api-port", str(self.api_port)]
         argv += [
             "--rtp-port-min",
             str(self.rtp_min),

@@ -26,7 +26,7 @@ from .rtp.frames import FrameKind, silence
 from .rtp.recorder import CallRecorder
 from .rtp.session import NegotiatedStream, RtpSession, RtpSessionConfig, Tick
 from .sip.events import Event
-from .voice.conversation import Conversation, ConversationConfig
+from .voice.conversation import Conversation, ConversationConfig, TurnRecord
 from .voice.inference import InferenceService
 from .voice.vad import Vad
 
@@ -70,8 +70,11 @@ class Call:
     started: bool = False
     #: The loop's shared media clock (None: this call arms its own).
     clock: MediaClock | None = None
-    #: Agent mode: the conversation, from the first negotiated media on.
+    #: Agent mode: the conversation, from the answer on (:meth:`start_agent`).
     agent: ConversationRunner | None = None
+    #: Told each finished turn of the agent, and each digit the far end pressed.
+    on_turn: Callable[[TurnRecord], None] | None = None
+    on_dtmf: Callable[[str], None] | None = None
 
     async def open(self) -> int:
         """Bind the media ports; returns the RTP port to put in SDP."""
@@ -106,14 +109,13 @@ class Call:
         return self.transport.session
 
     def apply(self, media: NegotiatedStream) -> None:
-        """Follow negotiated media; starts the 20 ms clock the first time."""
+        """Follow negotiated media; starts the 20 ms clock the first time (silence until the agent
+        starts: early media carries no voice of ours)."""
         if self.transport is None or self.transport.closed:
             return
         self.session.configure(media)
         if not self.started:
             self.started = True
-            if self.options.mode == "agent":
-                self._start_agent()
             self.transport.start()
         else:
             self.transport.pump()
@@ -127,22 +129,44 @@ class Call:
         elif self.options.mode == "echo" and tick.inbound.kind is FrameKind.VOICE:
             self.session.send_frames([tick.inbound.samples])
 
-    def _start_agent(self) -> None:
+    def start_agent(self, config: ConversationConfig | None = None) -> None:
+        """The call is answered (our 200 OK acknowledged, or the callee's 200 OK): agent mode starts
+        the conversation (its greeting) with ``config`` (default: the options'). Once per call."""
+        if self.options.mode != "agent" or self.agent is not None or self.ended.is_set():
+            return
         inference = self.options.inference
         if inference is None:
             raise RuntimeError("agent mode without loaded models (Server.start loads them)")
         conversation = Conversation(
-            self.options.conversation, key=new_conversation_key(), vad=self.options.vad
+            config or self.options.conversation, key=new_conversation_key(), vad=self.options.vad
         )
         self.agent = ConversationRunner(
-            self.call_id, conversation, self.session, inference, on_end_call=self.hangup
+            self.call_id, conversation, self.session, inference, on_turn=self.on_turn, on_end_call=self.hangup
         )
         self.agent.start()
+
+    def say(self, text: str, *, interrupt: bool = False, hang_up_after: str | None = None) -> bool:
+        """Speak ``text`` into the call; False when the call has no conversation (yet)."""
+        if self.agent is None or self.agent.closed:
+            return False
+        self.agent.say(text, interrupt=interrupt, hang_up_after=hang_up_after)
+        return True
+
+    def send_dtmf(self, digits: str) -> bool:
+        """Send ``digits`` as RFC 4733 events, one after another; False without a negotiated
+        telephone-event payload (or media)."""
+        if self.transport is None or self.transport.closed or self.session.dtmf_out is None:
+            return False
+        for digit in digits:
+            self.session.send_dtmf(digit)
+        return True
 
     def _on_media_event(self, event: MediaEvent) -> None:
         if isinstance(event, DtmfReceived):
             log.info("call %s: DTMF %s (%d ms)", self.call_id, event.digit, event.duration_ms)
             self.digits.append(event.digit)
+            if self.on_dtmf is not None:
+                self.on_dtmf(event.digit)
             if self.options.mode == "echo" and self.options.echo_dtmf and self.session.dtmf_out is not None:
                 self.session.send_dtmf(event.digit, max(40, min(event.duration_ms, 500)))
         elif isinstance(event, MediaTimeout):

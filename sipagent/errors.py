@@ -29,6 +29,13 @@ each error says who broke the rule and, where a peer did, what to answer::
     ├── PcapError (ValueError)            pcapio.py: a file that is not a readable pcap capture
     ├── CaptureError (ValueError)         replay/capture.py: a capture with no usable caller RTP
     │                                     (`sipagent replay` reports it and exits)
+    ├── TrunkResolutionError              net/sip_resolver.py: no address for a SIP host by RFC 3263 (NAPTR,
+    │                                     SRV, A); names the host and every DNS question tried
+    ├── TrunkProfileError                 product/trunks.py: a number, caller ID, display name or trunk URI
+    │                                     the carrier's profile cannot use; names the profile and the rule
+    ├── NumberError (ValueError)          product/numbers.py: a value that cannot become an E.164 number
+    │                                     (names the value and why); start-up turns a bad configured number
+    │                                     into a ConfigError, a caller's number is read leniently (None)
     ├── LlmError                          voice/llm.py: the language model cannot answer (server error,
     │   │                                 bad stream, misuse of a session)
     │   └── ChatTemplateError             no usable chat template in the GGUF or the configuration

@@ -17,13 +17,31 @@ import os
 import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import replace
+from urllib.parse import urlsplit
 
+from .api.config import ApiConfig
+from .api.server import ApiServer
 from .call import Call, CallOptions
-from .config import Settings
+from .config import ConfigError, Settings
 from .net.media_clock import MediaClock
 from .net.media_sockets import PortRangeExhausted
-from .net.sip_transport import SipNetwork, default_local_address
-from .sip.address import uri_address
+from .net.sip_resolver import SipResolver, TrunkResolutionError
+from .net.sip_transport import SipNetwork, _is_ip, default_local_address
+from .product.control import ControlError
+from .product.limits import CallAdmission
+from .product.service import Dial, PhoneService
+from .product.setup import caller_id, inbound_policy, limits_config, route_table
+from .product.trunks import (
+    TrunkProfileError,
+    allow_from_for,
+    caller_identity_headers,
+    check_trunk_uri,
+    profile_for,
+    request_uri_for_number,
+    transports_for,
+)
+from .sip.address import Address, Transport, uri_address
 from .sip.context import EndpointConfig
 from .sip.digest import Credentials
 from .sip.endpoint import SipEndpoint
@@ -32,6 +50,7 @@ from .sip.events import (
     CallConfirmed,
     CallEnded,
     CallFailed,
+    CallProgress,
     EarlyMedia,
     Event,
     IncomingCall,
@@ -75,10 +94,46 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Agent mode: the models every call shares (loaded by :meth:`start`, before any call).
         self.inference: Inference | None = None
-        self._allow = [
-            ipaddress.ip_network(n, strict=False)
-            for n in (settings.trunk.allow_from if settings.trunk else [])
-        ]
+        trunk = settings.trunk
+        #: The carrier's needs (Request-URI host, signalling ranges, caller ID headers).
+        self.profile = profile_for(trunk.profile if trunk is not None else "generic")
+        if trunk is not None:
+            try:
+                check_trunk_uri(self.profile, SipUri.parse(trunk.uri))
+            except TrunkProfileError as exc:
+                raise ConfigError(f"invalid configuration:\n  trunk.uri: {exc}") from None
+        # Static trunks accept INVITEs only from the carrier's signalling ranges (the profile's, or
+        # the configured allow_from); register mode gets calls down its own registration flow.
+        allow: tuple[str, ...] = ()
+        if trunk is not None:
+            allow = (
+                allow_from_for(self.profile, trunk.allow_from)
+                if trunk.mode == "static"
+                else tuple(trunk.allow_from)
+            )
+        self._allow = [ipaddress.ip_network(n, strict=False) for n in allow]
+        #: Who may call, which agent answers, how many at once; the calls' book (ConfigError here
+        #: names a bad number in the configuration, before anything listens).
+        routes = route_table(settings)
+        outbound_route = routes.named(settings.outbound.route) if settings.outbound.route else routes.default
+        if outbound_route is None:
+            raise ConfigError(
+                f"invalid configuration:\n  outbound.route: no route {settings.outbound.route!r}"
+            )
+        self.caller_id = caller_id(settings)
+        self.service = PhoneService(
+            self,
+            policy=inbound_policy(settings),
+            routes=routes,
+            admission=CallAdmission(limits_config(settings)),
+            default_country=settings.inbound.default_country,
+            outbound_disclosure=settings.outbound.disclosure,
+            outbound_route=outbound_route,
+            goodbye=settings.limits.goodbye,
+        )
+        self.api: ApiServer | None = None
+        #: RFC 3263 lookups of trunk host names (NAPTR, SRV, A), cached by their TTL.
+        self.resolver = SipResolver()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -122,6 +177,9 @@ class Server:
         self.endpoint = SipEndpoint(config, srtp_rng=os.urandom)
         network.attach(self.endpoint)
         self.network = network
+        await self._start_api()
+        log.info("%s", self.service.policy.describe())
+        warn_if_text_leaves(self.settings)
         log.info(
             "sipagent %s mode listening on %s (%s), advertising %s",
             self.settings.mode,
@@ -129,7 +187,7 @@ class Server:
             ", ".join(f"{k}/{v}" for k, v in network.bound.items()),
             advertised,
         )
-        self._attach_trunk()
+        await self._attach_trunk()
         raise_loop_priority(self.settings.rtp.loop_nice)
         # Everything alive now (modules, settings, models) lives as long as the process. Frozen, the
         # cyclic collector stops walking it: a full collection of the startup heap alone stalls the
@@ -149,7 +207,27 @@ class Server:
         self.call_options.conversation = conversation_config(self.settings)
         self.call_options.vad = vad_factory(self.settings)
 
-    def _attach_trunk(self) -> None:
+    async def _start_api(self) -> None:
+        """The control API, in this loop (decision 0020); its token comes from the environment."""
+        api = self.settings.api
+        if not api.enabled:
+            return
+        token = os.environ.get(api.token_env) or None
+        if token is None and not api.loopback:
+            raise ConfigError(
+                f"api.bind is {api.bind}, beyond loopback: set the bearer token in the environment "
+                f"variable {api.token_env} (api.token_env), or bind the API to 127.0.0.1"
+            )
+        self.api = ApiServer(self.service, ApiConfig(bind=api.bind, port=api.port, token=token))
+        await self.api.start()
+        log.info(
+            "control API on http://%s:%d/v1 (%s)",
+            api.bind,
+            self.api.bound_port,
+            "bearer token required" if token else f"no token: open to this machine (set {api.token_env})",
+        )
+
+    async def _attach_trunk(self) -> None:
         trunk = self.settings.trunk
         if trunk is None:
             return
@@ -157,13 +235,20 @@ class Server:
         if trunk.mode == "register":
             registrar = SipUri.parse(trunk.uri)
             aor = SipUri.parse(trunk.aor) if trunk.aor else SipUri(host=registrar.host, user=trunk.username)
+            outbound_proxy = SipUri.parse(trunk.outbound_proxy) if trunk.outbound_proxy else None
+            try:
+                destination = await self._locate(outbound_proxy or registrar)
+            except ControlError as exc:  # no DNS answer: the transport tries the name itself
+                log.warning("registrar: %s", exc)
+                destination = None
             self.endpoint.register(
                 RegistrationConfig(
                     registrar=registrar,
                     aor=aor,
                     credentials=self._credentials(),
-                    expires=trunk.expires,
-                    outbound_proxy=SipUri.parse(trunk.outbound_proxy) if trunk.outbound_proxy else None,
+                    expires=self.profile.register_expires or trunk.expires,
+                    outbound_proxy=outbound_proxy,
+                    destination=destination,
                 ),
                 self.network.now(),
             )
@@ -188,6 +273,10 @@ class Server:
             self.endpoint.unregister_all(now)
             self.network.pump()
             await asyncio.sleep(0.2)  # let BYEs and the un-REGISTER leave
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
+        self.service.book.close()
         for task in list(self._tasks):
             task.cancel()
         for call in list(self.calls.values()):
@@ -229,20 +318,33 @@ class Server:
             if call is not None and isinstance(event, CallAnswered):
                 call.outcome = event
                 call.settled.set()
+            # The agent speaks once the call is answered on both sides: our 200 OK acknowledged
+            # (inbound), the callee's 200 OK (outbound); never on early media.
+            # (CallConfirmed: our 2xx was acknowledged, which only a call we answered has.)
+            if call is not None and isinstance(event, CallConfirmed | CallAnswered):
+                self.service.answered(event.call_id)
+        elif isinstance(event, CallProgress):
+            if event.status in (180, 183):
+                self.service.ringing(event.call_id, event.status)
         elif isinstance(event, CallEnded | CallFailed):
             log.info("call %s ended: %s", event.call_id, event.reason)
             call = self.calls.pop(event.call_id, None)
             if call is not None:
                 call.outcome = call.outcome or event
                 call.close()
+            status = event.status if isinstance(event, CallFailed) else None
+            by_remote = isinstance(event, CallEnded) and event.by_remote
+            self.service.ended(event.call_id, status=status, reason=event.reason, by_remote=by_remote)
         elif isinstance(event, RegistrationSucceeded):
             log.info("registered %s for %d s", event.aor, event.expires)
             self.registered.set()
         elif isinstance(event, RegistrationFailed):
             log.warning("registration of %s failed: %d %s", event.aor, event.status, event.reason)
 
-    def _hangup(self, call_id: str) -> None:
+    def _hangup(self, call_id: str, reason: str | None = None) -> None:
         assert self.endpoint is not None and self.network is not None
+        if reason is not None:
+            self.service.closing(call_id, reason)
         with contextlib.suppress(Exception):
             self.endpoint.hangup(call_id, self.network.now())
         self.network.pump()
@@ -250,9 +352,8 @@ class Server:
     def _new_call(self, call_id: str) -> Call:
         if self.media_clock is None:
             self.media_clock = MediaClock()
-        return Call(
-            call_id, self.call_options, hangup=lambda reason: self._hangup(call_id), clock=self.media_clock
-        )
+        return Call(call_id, self.call_options, hangup=lambda reason: self._hangup(call_id, reason),
+                    clock=self.media_clock)  # fmt: skip
 
     def _on_incoming(self, event: IncomingCall) -> None:
         assert self.endpoint is not None and self.network is not None
@@ -261,7 +362,16 @@ class Server:
             log.warning("refusing call %s from %s: not in trunk.allow_from", event.call_id, event.source.host)
             self.endpoint.reject(event.call_id, 403, now)
             return
-        log.info("incoming call %s from %s to %s", event.call_id, event.asserted_caller, event.callee)
+        request_user = SipUri.parse(event.request.uri).user if event.request.uri else None
+        admitted = self.service.admit_incoming(
+            event.call_id,
+            caller=str(event.asserted_caller.uri),
+            dialled=request_user or event.callee.user,
+            source_host=event.source.host,
+        )
+        if admitted.status is not None:
+            self.endpoint.reject(event.call_id, admitted.status, now, headers=admitted.headers)
+            return
         self.endpoint.ring(event.call_id, now)
         self._spawn(self._answer(event.call_id))
 
@@ -270,7 +380,7 @@ class Server:
         if self.settings.answer_delay > 0:
             await asyncio.sleep(self.settings.answer_delay)
             if self.endpoint.call_state(call_id) not in (CallState.INITIAL, CallState.EARLY):
-                return  # the caller gave up (CANCEL) while it rang
+                return  # the caller gave up (CANCEL) while it rang; CallEnded told the service
         call = self._new_call(call_id)
         try:
             port = await call.open()
@@ -295,56 +405,125 @@ class Server:
             call.apply(media)
         self.network.pump()
 
-    # -- outbound --------------------------------------------------------------------------------
-    async def place_call(
-        self, target: SipUri, *, duration: float, answer_timeout: float = 30.0, dtmf: str = ""
-    ) -> Event | None:
-        """Call ``target`` through the trunk (or directly), echo for ``duration`` s, hang up.
+    # -- Telephony (what the phone service asks of SIP and media) --------------------------------
+    @property
+    def base_conversation(self) -> ConversationConfig | None:
+        """Each call's conversation defaults (None in echo mode)."""
+        return self.call_options.conversation if self.settings.mode == "agent" else None
 
-        ``dtmf`` digits are sent (RFC 4733) once answered. Returns the outcome event:
-        CallAnswered when it was answered, CallFailed (or CallEnded) otherwise.
-        """
+    def call(self, call_id: str) -> Call | None:
+        return self.calls.get(call_id)
+
+    def hang_up(self, call_id: str) -> None:
+        self._hangup(call_id)
+
+    def outbound_target(self, number: str) -> Dial:
+        """A number goes to the trunk, as its profile wants the Request-URI."""
+        trunk = self.settings.trunk
+        if trunk is None:
+            raise ControlError(
+                "a phone number is dialled through a trunk, and none is configured ([trunk]); "
+                "dial a SIP URI instead",
+                field="target",
+            )
+        try:
+            target = request_uri_for_number(self.profile, SipUri.parse(trunk.uri), number)
+        except TrunkProfileError as exc:
+            raise ControlError(str(exc), field="target") from None
+        return Dial(target, None, None)
+
+    def caller_identity(self, dial: Dial, caller_id: str | None) -> Dial:
+        """From (and P-Asserted-Identity where the profile uses it) for ``caller_id``, else the
+        trunk's, else the endpoint's own ``sip:sipagent@host``."""
+        number = caller_id or self.caller_id
+        if number is None:
+            return dial
+        trunk = self.settings.trunk
+        assert self.endpoint is not None
+        # Carriers read only the user part; register mode names the trunk's domain, static ours.
+        registered = trunk is not None and trunk.mode == "register"
+        host = SipUri.parse(trunk.uri).host if registered and trunk else self.endpoint.config.public_host
+        try:
+            from_uri, name, headers = caller_identity_headers(
+                self.profile, number, trunk.caller_name if trunk is not None else None, host
+            )
+        except TrunkProfileError as exc:
+            raise ControlError(str(exc), field="from") from None
+        return replace(
+            dial, from_uri=from_uri, display_name=name, extra_headers=(*dial.extra_headers, *headers)
+        )
+
+    async def dial(self, dial: Dial) -> str:
+        """Bind the media ports, find the next hop (RFC 3263 for a trunk host) and send the INVITE."""
         assert self.endpoint is not None and self.network is not None
         trunk = self.settings.trunk
+        target = dial.target
         outbound_proxy = SipUri.parse(trunk.outbound_proxy) if trunk and trunk.outbound_proxy else None
         if outbound_proxy is None and trunk is not None and trunk.mode == "static":
             trunk_uri = SipUri.parse(trunk.uri)
             if target.host != trunk_uri.host:
                 outbound_proxy = trunk_uri
-        placeholder = self._new_call("")
-        port = await placeholder.open()
+        destination = await self._locate(outbound_proxy or target)
+        call = self._new_call("")
+        try:
+            port = await call.open()
+        except PortRangeExhausted:
+            raise ControlError(
+                "no RTP port free (rtp.port_min..port_max are all in use)", status=503
+            ) from None
         call_id = self.endpoint.invite(
             target,
             self.network.now(),
             rtp_port=port,
+            from_uri=dial.from_uri,
+            display_name=dial.display_name,
             credentials=self._credentials(),
             outbound_proxy=outbound_proxy,
+            extra_headers=dial.extra_headers,
+            destination=destination,
         )
-        placeholder.call_id = call_id
-        placeholder.hangup = lambda reason: self._hangup(call_id)
-        self.calls[call_id] = placeholder
+        call.call_id = call_id
+        call.hangup = lambda reason: self._hangup(call_id, reason)
+        self.calls[call_id] = call
         self.network.pump()
-        call = placeholder
+        return call_id
+
+    def _transports(self) -> tuple[Transport, ...]:
+        """What RFC 3263 may pick for the trunk: transports we listen on (TLS alone with SRTP)."""
+        if self.settings.sip.srtp != "off":
+            return ("tls",)
+        return transports_for(self.profile, tuple(self.settings.sip.transports))
+
+    async def _locate(self, hop: SipUri) -> Address | None:
+        """RFC 3263: where a host name's SIP service is (NAPTR, SRV, else A); None for an address."""
+        if _is_ip(hop.host.strip("[]")):
+            return None
         try:
-            await asyncio.wait_for(call.settled.wait(), answer_timeout)
-        except TimeoutError:
-            self._hangup(call_id)
-        if isinstance(call.outcome, CallAnswered):
-            for digit in dtmf:
-                if call.session.dtmf_out is not None:
-                    call.session.send_dtmf(digit)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(call.ended.wait(), duration)
-            if not call.ended.is_set():
-                self._hangup(call_id)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(call.ended.wait(), 5)
-        # wait for the BYE transaction to finish so the far end sees a clean hang-up
-        for _ in range(50):
-            if call_id not in self.endpoint.calls:
-                break
-            await asyncio.sleep(0.1)
-        return call.outcome
+            found = await self.resolver.resolve(hop, self._transports())
+        except TrunkResolutionError as exc:
+            raise ControlError(str(exc), field="target", status=502) from None
+        return found[0] if found else None
+
+
+def warn_if_text_leaves(settings: Settings) -> bool:
+    """Say at start-up when a setting sends what callers say off this machine (a remote LLM server
+    gets every transcript and prompt); returns whether one does."""
+    llm = settings.llm
+    if llm.backend != "openai" or llm.openai is None:
+        return False
+    host = (urlsplit(llm.openai.base_url).hostname or "").strip("[]")
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host == "localhost"
+    if local:
+        return False
+    log.warning(
+        "llm.openai.base_url is %s: every caller's words (transcripts) and the agent's prompts go to that "
+        'server; audio stays here. Use the embedded model ([llm] backend = "llama") to keep them on this box',
+        host,
+    )
+    return True
 
 
 def raise_loop_priority(nice: int) -> bool:
@@ -426,4 +605,4 @@ def inference_config(settings: Settings) -> InferenceConfig:
     )
 
 
-__all__ = ["Call", "Server", "conversation_config", "inference_config", "vad_factory"]
+__all__ = ["Call", "Server", "conversation_config", "inference_config", "vad_factory", "warn_if_text_leaves"]

@@ -1,0 +1,420 @@
+"""The phone service: the product's rules around every call, and the :class:`CallControl` the API
+drives.
+
+Data flow::
+
+    INVITE in ─► server: trunk.allow_from ─► admit_incoming: policy (403) ─► limits (503, 486)
+                 ─► route by dialled number ─► ring, answer ─► ACK ─► answered(): the conversation
+                 starts (disclosure, greeting) ─► turns, DTMF ─► the book (events) ─► BYE ─► ended()
+    place_call ─► target and caller ID checked ─► limits ─► telephony.dial (INVITE out) ─► ringing
+                 ─► 200 OK ─► answered(): notify says its message and hangs up; conversation runs the
+                 agent on the task ─► ended(): outcome (answered, busy, no-answer, rejected, failed)
+
+It owns no sockets: the server (:class:`Telephony`) places and ends calls and reports what SIP
+said; timers (ring timeout, maximum duration) run on the loop the server runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from ..call import Call
+from ..sip.errors import RemoteProtocolError
+from ..sip.uri import SipUri
+from ..voice.conversation import ConversationConfig, TurnRecord
+from .calls import CallBook
+from .control import (
+    DTMF_CHARACTERS,
+    MAX_SPEAK_CHARS,
+    CallEvent,
+    CallInfo,
+    CallLimitReached,
+    CallOutcome,
+    ControlError,
+    PlaceCall,
+)
+from .limits import CallAdmission
+from .numbers import NumberError, mask, normalise
+from .policy import InboundPolicy
+from .routes import Route, RouteTable
+
+log = logging.getLogger("sipagent.calls")
+
+#: Longest task text for a conversation call (characters).
+MAX_TASK_CHARS = 2000
+#: Most times a notification may be repeated.
+MAX_REPEAT = 5
+#: After the goodbye at max_call_duration, the BYE follows at the latest this much later (s).
+GOODBYE_GRACE_S = 15.0
+
+
+@dataclass(frozen=True)
+class Dial:
+    """An outbound INVITE, ready for the SIP layer."""
+
+    target: SipUri
+    #: The From URI and display name (None: the endpoint's own identity).
+    from_uri: SipUri | None
+    display_name: str | None
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+class Telephony(Protocol):
+    """What the service needs of the server."""
+
+    @property
+    def base_conversation(self) -> ConversationConfig | None:
+        """Each call's conversation defaults (None: the server answers in echo mode, no models)."""
+        ...
+
+    def call(self, call_id: str) -> Call | None:
+        """A live call's media and conversation."""
+        ...
+
+    async def dial(self, dial: Dial) -> str:
+        """Send the INVITE (media ports bound first); returns the Call-ID."""
+        ...
+
+    def hang_up(self, call_id: str) -> None:
+        """BYE, or CANCEL while it rings."""
+        ...
+
+    def outbound_target(self, number: str) -> Dial:
+        """The INVITE for an E.164 number through the trunk (raises ControlError without one)."""
+        ...
+
+    def caller_identity(self, dial: Dial, caller_id: str | None) -> Dial:
+        """``dial`` with the caller ID (E.164) as the carrier's profile presents it."""
+        ...
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """How an incoming call goes on: refused with ``status`` (and ``headers``), or answered."""
+
+    status: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    route: Route | None = None
+
+
+@dataclass
+class _Plan:
+    """What one call does once answered."""
+
+    direction: str
+    mode: str
+    conversation: ConversationConfig | None
+    #: Said in turn once answered; the last hangs up after it when ``hang_up_after`` is set.
+    says: list[str] = field(default_factory=list)
+    hang_up_after: str | None = None
+    max_duration: float = 3600.0
+    ring_timeout: float | None = None
+    #: Why we ended it (set before our BYE or CANCEL): the call_ended event's reason.
+    end_reason: str | None = None
+    answered: bool = False
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+
+class PhoneService:
+    """Policy, routes, limits, outbound jobs and the call book (see the module docstring)."""
+
+    def __init__(
+        self,
+        telephony: Telephony,
+        *,
+        policy: InboundPolicy,
+        routes: RouteTable,
+        admission: CallAdmission,
+        default_country: str,
+        outbound_disclosure: str | None,
+        outbound_route: Route,
+        goodbye: str,
+        book: CallBook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.telephony = telephony
+        self.policy = policy
+        self.routes = routes
+        self.admission = admission
+        self.book = book or CallBook()
+        self._country = default_country
+        self._disclosure = outbound_disclosure or None
+        self._outbound_route = outbound_route
+        self._goodbye = goodbye
+        self._clock = clock
+        self._plans: dict[str, _Plan] = {}
+        self._pending = 0
+
+    # -- inbound ---------------------------------------------------------------------------------
+    def admit_incoming(self, call_id: str, *, caller: str, dialled: str | None, source_host: str) -> Admitted:
+        """Policy, then limits, then the route: before any port or model work is spent on the call."""
+        decision = self.policy.decide(caller, source_host)
+        if not decision.allowed:
+            log.warning("refusing call %s: %s", call_id, decision.reason)
+            return Admitted(status=decision.status)
+        key = decision.number or source_host
+        admission = self.admission.admit_inbound(call_id, key, self._clock())
+        if not admission.admitted:
+            log.warning("refusing call %s: %s", call_id, admission.reason)
+            headers = () if admission.retry_after is None else (("Retry-After", str(admission.retry_after)),)
+            return Admitted(status=admission.status, headers=headers)
+        route = self.routes.match(dialled)
+        config = self._conversation(route, greeting=_joined(route.disclosure, route.greeting))
+        self._plans[call_id] = _Plan(
+            "inbound", "conversation", config, max_duration=self.admission.config.max_call_duration_s
+        )
+        number = decision.number or caller
+        self.book.started(call_id, direction="inbound", caller=number, callee=dialled or "", route=route.name,
+                          mode="conversation")  # fmt: skip
+        log.info("incoming call %s from %s to %s: route %s", call_id, mask(number), mask(dialled or ""),
+                 route.name)  # fmt: skip
+        return Admitted(route=route)
+
+    def not_answered(self, call_id: str, reason: str) -> None:
+        """An admitted incoming call could not be answered (no port, a bad offer, CANCEL)."""
+        self.ended(call_id, status=None, reason=reason, by_remote=False)
+
+    # -- outbound --------------------------------------------------------------------------------
+    async def place_call(self, request: PlaceCall) -> CallInfo:
+        dial, plan, callee = self._outbound_plan(request)
+        limit = self.admission.config.max_calls
+        pending = f"pending-{self._pending}"
+        self._pending += 1
+        if not self.admission.admit_outbound(pending, self._clock()).admitted:
+            raise CallLimitReached(limit)
+        try:
+            call_id = await self.telephony.dial(dial)
+        except ControlError:
+            raise
+        finally:
+            self.admission.release(pending)
+        self.admission.admit_outbound(call_id, self._clock())  # counted from now on, whatever the limit
+        self._plans[call_id] = plan
+        caller = dial.from_uri.user if dial.from_uri is not None and dial.from_uri.user else "sipagent"
+        info = self.book.started(call_id, direction="outbound", caller=caller, callee=callee,
+                                 route=self._outbound_route.name, mode=request.mode)  # fmt: skip
+        log.info("calling %s (call %s, %s)", mask(callee), call_id, request.mode)
+        if plan.ring_timeout is not None:
+            self._after(call_id, plan.ring_timeout, self._ring_timeout)
+        return info
+
+    def _outbound_plan(self, request: PlaceCall) -> tuple[Dial, _Plan, str]:
+        """Check every field of the request and make the INVITE and the plan (ControlError names the
+        field)."""
+        target = request.target.strip()
+        if target.lower().startswith(("sip:", "sips:")):
+            try:
+                dial = Dial(SipUri.parse(target), None, None)
+            except RemoteProtocolError as exc:
+                raise ControlError(f"{target!r} is not a SIP URI ({exc})", field="target") from None
+            callee = target
+        else:
+            try:
+                callee = normalise(target, self._country)
+            except NumberError:
+                raise ControlError(
+                    f"{target!r} is neither an E.164 number nor a SIP URI", field="target"
+                ) from None
+            dial = self.telephony.outbound_target(callee)
+        caller_id = None
+        if request.from_number is not None:
+            try:
+                caller_id = normalise(request.from_number, self._country)
+            except NumberError:
+                raise ControlError(f"{request.from_number!r} is not a phone number", field="from") from None
+        dial = self.telephony.caller_identity(dial, caller_id)
+        limits = self.admission.config
+        max_duration = limits.max_call_duration_s if request.max_duration is None else request.max_duration
+        if not 0 < max_duration <= limits.max_call_duration_s:
+            raise ControlError(f"must be more than 0 and at most limits.max_call_duration "
+                               f"({limits.max_call_duration_s:g} s)", field="max_duration")  # fmt: skip
+        ring = limits.ring_timeout_s if request.ring_timeout is None else request.ring_timeout
+        if not 0 < ring <= 600:
+            raise ControlError("must be more than 0 and at most 600 seconds", field="ring_timeout")
+        base = self.telephony.base_conversation
+        route = self._outbound_route
+        opening = [self._disclosure] if self._disclosure else []
+        if request.mode == "notify":
+            message = (request.message or "").strip()
+            if not message:
+                raise ControlError("a notify call needs the message to say", field="message")
+            if len(message) > MAX_SPEAK_CHARS:
+                raise ControlError(f"longer than {MAX_SPEAK_CHARS} characters", field="message")
+            if not 1 <= request.repeat <= MAX_REPEAT:
+                raise ControlError(f"must be 1 to {MAX_REPEAT}", field="repeat")
+            if base is None:
+                raise ControlError("the server answers in echo mode (no models): it cannot speak a message",
+                                   field="mode", status=409)  # fmt: skip
+            conversation = self._conversation(route, greeting=None)
+            config = None if conversation is None else replace(conversation, listen=False)
+            says = [*opening, *[message] * request.repeat]
+            plan = _Plan("outbound", "notify", config, says, "message played", max_duration, ring)
+        else:
+            task = (request.task or "").strip()
+            if len(task) > MAX_TASK_CHARS:
+                raise ControlError(f"longer than {MAX_TASK_CHARS} characters", field="task")
+            config = self._conversation(route, greeting=None, task=task or None)
+            plan = _Plan("outbound", "conversation", config, opening, None, max_duration, ring)
+        return dial, plan, callee
+
+    # -- what SIP reports ------------------------------------------------------------------------
+    def ringing(self, call_id: str, status: int) -> None:
+        self.book.ringing(call_id, status)
+
+    def answered(self, call_id: str) -> None:
+        """Our 200 OK was acknowledged (inbound) or the callee's 200 OK came (outbound): only now does
+        the agent speak (never on early media)."""
+        plan = self._plans.get(call_id)
+        call = self.telephony.call(call_id)
+        if plan is None or call is None or plan.answered:
+            return
+        plan.answered = True
+        for timer in plan.timers:
+            timer.cancel()  # the ring timeout
+        plan.timers.clear()
+        self.book.answered(call_id)
+        call.on_turn = lambda record: self._turn(call_id, record)
+        call.on_dtmf = lambda digit: self.book.dtmf(call_id, digit)
+        call.start_agent(plan.conversation)
+        for i, text in enumerate(plan.says):
+            last = i == len(plan.says) - 1
+            call.say(text, hang_up_after=plan.hang_up_after if last else None)
+        self._after(call_id, plan.max_duration, self._time_up)
+
+    def closing(self, call_id: str, reason: str) -> None:
+        """We are ending the call for ``reason`` (the agent's EndCall reason, media-timeout…)."""
+        plan = self._plans.get(call_id)
+        if plan is not None:
+            plan.end_reason = _REASONS.get(reason, reason)
+
+    def ended(self, call_id: str, *, status: int | None, reason: str, by_remote: bool) -> None:
+        """The call is over, however it ended (``status``: the INVITE's final error, if it failed)."""
+        plan = self._plans.pop(call_id, None)
+        self.admission.release(call_id)
+        if plan is None:
+            return
+        for timer in plan.timers:
+            timer.cancel()
+        info = self.book.get(call_id) if call_id in {c.id for c in self.book.list()} else None
+        answered = info is not None and info.answered_at is not None
+        outcome = "answered" if answered else _outcome(status, plan.end_reason)
+        if answered:
+            who = "caller" if plan.direction == "inbound" else "callee"
+            why = f"{who} hung up" if by_remote else (plan.end_reason or reason)
+        else:
+            why = plan.end_reason or reason
+        self.book.ended(call_id, reason=why, sip_status=status, outcome=outcome)
+        log.info("call %s ended: %s (%s)", call_id, why, outcome)
+
+    # -- CallControl -----------------------------------------------------------------------------
+    def list_calls(self) -> list[CallInfo]:
+        return self.book.list()
+
+    def get_call(self, call_id: str) -> CallInfo:
+        return self.book.get(call_id)
+
+    def speak(self, call_id: str, text: str, *, interrupt: bool = False) -> None:
+        call = self._live_call(call_id)
+        if not text.strip():
+            raise ControlError("nothing to say", field="text")
+        if len(text) > MAX_SPEAK_CHARS:
+            raise ControlError(f"longer than {MAX_SPEAK_CHARS} characters", field="text")
+        if not call.say(text, interrupt=interrupt):
+            raise ControlError("the call has no agent to speak (not answered yet, or echo mode)", status=409)
+
+    def send_dtmf(self, call_id: str, digits: str) -> None:
+        call = self._live_call(call_id)
+        bad = sorted(set(digits) - DTMF_CHARACTERS)
+        if not digits or bad:
+            raise ControlError(f"only 0-9 * # A-D (got {''.join(bad) or 'nothing'})", field="digits")
+        if not call.send_dtmf(digits):
+            raise ControlError("the call has no telephone-event (RFC 4733) stream", status=409)
+
+    def hang_up(self, call_id: str) -> None:
+        self._live_call(call_id, answered=False)
+        plan = self._plans.get(call_id)
+        if plan is not None:
+            plan.end_reason = "hung up by the API"
+        self.telephony.hang_up(call_id)
+
+    def subscribe(self, call_id: str | None = None) -> AsyncIterator[CallEvent]:
+        return self.book.subscribe(call_id)
+
+    # -- inside ----------------------------------------------------------------------------------
+    def _live_call(self, call_id: str, *, answered: bool = True) -> Call:
+        info = self.book.get(call_id)
+        call = self.telephony.call(call_id)
+        if info.state == "ended" or call is None:
+            raise ControlError(f"call {call_id!r} has ended", field="call_id", status=409)
+        if answered and info.state != "answered":
+            raise ControlError(f"call {call_id!r} is not answered yet", field="call_id", status=409)
+        return call
+
+    def _conversation(
+        self, route: Route, *, greeting: str | None, task: str | None = None
+    ) -> ConversationConfig | None:
+        base = self.telephony.base_conversation
+        if base is None:
+            return None
+        prompt = route.instructions or base.system_prompt
+        if task:
+            prompt = (
+                f"{prompt}\n\nYou placed this phone call; the person who answered is on the line. "
+                f"Your task on this call: {task}"
+            )
+        return replace(base, greeting=greeting, system_prompt=prompt)
+
+    def _turn(self, call_id: str, record: TurnRecord) -> None:
+        self.book.turn(call_id, record)
+
+    def _after(self, call_id: str, delay: float, action: Callable[[str], None]) -> None:
+        plan = self._plans.get(call_id)
+        if plan is not None:
+            plan.timers.append(asyncio.get_running_loop().call_later(delay, action, call_id))
+
+    def _ring_timeout(self, call_id: str) -> None:
+        plan = self._plans.get(call_id)
+        if plan is not None:
+            plan.end_reason = "no answer"
+            log.info("call %s: no answer in %g s, cancelling", call_id, plan.ring_timeout or 0)
+            self.telephony.hang_up(call_id)
+
+    def _time_up(self, call_id: str) -> None:
+        plan = self._plans.get(call_id)
+        call = self.telephony.call(call_id)
+        if plan is None:
+            return
+        plan.end_reason = "max duration"
+        log.info("call %s: maximum duration (%g s) reached", call_id, plan.max_duration)
+        if call is not None and call.say(self._goodbye, interrupt=True, hang_up_after="max duration"):
+            self._after(call_id, GOODBYE_GRACE_S, self.telephony.hang_up)
+        else:
+            self.telephony.hang_up(call_id)
+
+
+#: Why the server hangs up, as a call's end reason says it.
+_REASONS = {"media-timeout": "media stopped"}
+
+
+def _joined(*texts: str | None) -> str | None:
+    parts = [text.strip() for text in texts if text and text.strip()]
+    return " ".join(parts) or None
+
+
+def _outcome(status: int | None, end_reason: str | None) -> CallOutcome:
+    """How an unanswered call turned out, from the INVITE's final status."""
+    if end_reason == "no answer" or status in (408, 480, 487):
+        return "no-answer"
+    if status in (486, 600):
+        return "busy"
+    if (status is not None and 400 <= status < 500) or status in (603, 604, 606):
+        return "rejected"
+    return "failed"
+
+
+__all__ = ["Admitted", "Dial", "PhoneService", "Telephony"]

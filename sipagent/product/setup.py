@@ -1,0 +1,96 @@
+"""The product layer's objects, built once from the settings at start-up.
+
+Phone numbers in the configuration are checked here (``config.py`` stays a leaf): a bad one stops
+start-up with a :class:`~sipagent.config.ConfigError` naming its key, like every other bad value.
+"""
+
+from __future__ import annotations
+
+from ..config import ConfigError, Settings
+from .limits import LimitsConfig
+from .numbers import NumberError, normalise
+from .policy import InboundPolicy
+from .routes import Route, RouteTable
+
+
+def _number(value: str, country: str, key: str) -> str:
+    try:
+        return normalise(value, country)
+    except NumberError as exc:
+        raise ConfigError(f"invalid configuration:\n  {key}: {exc}") from None
+
+
+def inbound_policy(settings: Settings) -> InboundPolicy:
+    """``[inbound]``: who may call."""
+    inbound = settings.inbound
+    country = inbound.default_country
+    allow = frozenset(_number(n, country, f"inbound.allow[{i}]") for i, n in enumerate(inbound.allow))
+    return InboundPolicy(
+        mode=inbound.policy, allow=allow, default_country=country, allow_loopback=inbound.allow_loopback
+    )
+
+
+def route_table(settings: Settings) -> RouteTable:
+    """``[[routes]]``, with the agent's own greeting and instructions as the default route."""
+    country = settings.inbound.default_country
+    routes: list[Route] = []
+    default: Route | None = None
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(settings.routes):
+        number = _number(entry.number, country, f"routes[{i}].number") if entry.number else None
+        if number is not None:
+            if number in seen:
+                raise ConfigError(
+                    f"invalid configuration:\n  routes[{i}].number: {number} is routes[{seen[number]}]'s too"
+                )
+            seen[number] = i
+        _same_model(entry.voice, str(settings.tts.voice), f"routes[{i}].voice", "[tts] voice")
+        _same_model(entry.language, settings.stt.language, f"routes[{i}].language", "[stt] language")
+        route = Route(
+            name=entry.name or number or "default",
+            number=number,
+            greeting=entry.greeting
+            if entry.greeting is not None
+            else (None if number else settings.agent.greeting),
+            instructions=entry.instructions,
+            disclosure=entry.disclosure,
+            language=entry.language,
+            voice=entry.voice,
+        )
+        if number is None:
+            default = route
+        else:
+            routes.append(route)
+    if default is None:
+        default = Route(name="default", greeting=settings.agent.greeting)
+    return RouteTable(routes, default, default_country=country)
+
+
+def _same_model(value: str | None, loaded: str | None, key: str, setting: str) -> None:
+    """Routes share one set of models in this version: a route may repeat the loaded voice or
+    language, not ask for another."""
+    if value is not None and loaded is not None and value not in (loaded, loaded.rsplit("/", 1)[-1]):
+        raise ConfigError(
+            f"invalid configuration:\n  {key}: {value!r} differs from {setting} ({loaded!r}); every route "
+            f"uses the models the server loaded, so leave it out or set {setting}"
+        )
+
+
+def limits_config(settings: Settings) -> LimitsConfig:
+    """``[limits]``."""
+    limits = settings.limits
+    return LimitsConfig(
+        max_calls=limits.max_calls,
+        calls_per_minute=limits.calls_per_minute,
+        retry_after_s=limits.retry_after,
+        max_call_duration_s=limits.max_call_duration,
+        ring_timeout_s=limits.ring_timeout,
+    )
+
+
+def caller_id(settings: Settings) -> str | None:
+    """``trunk.caller_id`` in E.164 (checked)."""
+    trunk = settings.trunk
+    if trunk is None or trunk.caller_id is None:
+        return None
+    return _number(trunk.caller_id, settings.inbound.default_country, "trunk.caller_id")
