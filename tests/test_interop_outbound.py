@@ -1,0 +1,115 @@
+"""Outbound calls that do a job, placed with ``sipagent call`` beside a running ``sipagent serve``
+(issue 14): a sipp callee that plays early media before it answers, and a route's greeting heard by
+a sipp caller. Real models, real peers, real sockets; what the far end heard is transcribed back
+from a loopback capture with the same Whisper model the agent uses.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from peers.capture import LoopbackCapture
+from peers.ports import free_port_block
+from peers.proc import ManagedProcess
+from peers.sipagent_proc import SipagentServer
+from peers.sipp import SippProcess, run_sipp, scenario_path
+from sipagent.rtp.g711 import decode_table
+from sipagent.voice.models import DEFAULT_LLM_MODEL, DEFAULT_STT_MODEL, resolve_model_path
+from sipagent.voice.stt import WhisperTranscriber
+from tests.model_gate import require_models
+
+pytestmark = pytest.mark.peer
+
+CALLER_ID = "+15550009999"
+MESSAGE = "Your parcel will arrive tomorrow morning."
+_RTP_HEADER = 12
+_VOICED_PEAK = 2000
+
+
+def _models() -> None:
+    require_models(resolve_model_path(DEFAULT_STT_MODEL) / "model.bin", resolve_model_path(DEFAULT_LLM_MODEL))
+
+
+def _heard(capture: LoopbackCapture, dst_port: int) -> tuple[np.ndarray, list[tuple[float, int]]]:
+    """The audio our RTP carried to ``dst_port``, and each packet's (time from the first, peak)."""
+    table = decode_table("PCMU")
+    packets = [p for p in capture.rtp_packets(dst_port=dst_port) if p.payload[1] & 0x7F == 0]
+    assert packets, capture.describe()
+    first = packets[0].timestamp
+    frames = [table.take(np.frombuffer(p.payload[_RTP_HEADER:], np.uint8)) for p in packets]
+    peaks = [
+        (p.timestamp - first, int(np.abs(frame).max())) for p, frame in zip(packets, frames, strict=True)
+    ]
+    return np.concatenate(frames).astype(np.int16), peaks
+
+
+def _transcribe(audio: np.ndarray) -> str:
+    whisper = WhisperTranscriber(resolve_model_path(DEFAULT_STT_MODEL), cpu_threads=2)
+    return whisper.transcribe(audio).text.lower()
+
+
+def test_notify_call_speaks_after_the_answer_then_hangs_up(tmp_path: Path) -> None:
+    _models()
+    callee = SippProcess(scenario_path("uas_early_media_answer"), workdir=tmp_path / "callee", timeout=60)
+    with callee:
+        config = (
+            f'[trunk]\nmode = "static"\nuri = "sip:{callee.address}"\nkeepalive_interval = 0\n'
+            f'caller_id = "{CALLER_ID}"\ncaller_name = "Acme Deliveries"\n'
+        )
+        server = SipagentServer(tmp_path / "server", mode="agent", config_text=config)
+        with server, LoopbackCapture(tmp_path / "capture", [callee.media_port, *server.rtp_ports]) as capture:
+            call = ManagedProcess(
+                [sys.executable, "-m", "sipagent", "call", callee.uri("parcels"), "--mode", "notify",
+                 "--message", MESSAGE, "--api", server.api_url, "--json"],
+                name="sipagent-call", logdir=tmp_path / "call",
+            )  # fmt: skip
+            (tmp_path / "call").mkdir()
+            with call:
+                returncode = call.wait(timeout=60)
+            out, err = call.stdout_text(), call.stderr_text()
+            result = callee.wait(timeout=15)
+            log = server.log()
+    result.assert_ok()  # the callee got our ACK and, at the end, our BYE
+    assert returncode == 0, err[-3000:] + log[-3000:]
+    outcome = json.loads(out)
+    assert outcome["outcome"] == "answered" and outcome["end_reason"] == "message played", outcome
+    assert outcome["from"].endswith("9999") and CALLER_ID not in out  # masked
+    invite = next(m for m in result.received() if m.method == "INVITE" and not m.is_response)
+    assert f"<sip:{CALLER_ID}@" in (invite.header("from") or ""), invite.header("from")
+    assert "Acme Deliveries" in (invite.header("from") or "")
+    audio, peaks = _heard(capture, callee.media_port)
+    # Early media (183 with SDP) ran for 2 s before the 200 OK: silence only, no voice of ours.
+    voiced = [at for at, peak in peaks if peak > _VOICED_PEAK]
+    assert voiced and voiced[0] >= 1.9, voiced[:5]
+    heard = _transcribe(audio)
+    assert "parcel" in heard and "tomorrow" in heard, heard
+    assert "automated" in heard  # the AI disclosure came first
+
+
+def test_a_call_to_a_routes_number_hears_that_routes_greeting(tmp_path: Path) -> None:
+    _models()
+    config = (
+        '[[routes]]\nnumber = "+15550003333"\ngreeting = "Welcome to the bakery. What would you like?"\n'
+        'instructions = "You take bread orders for a bakery."\n\n'
+        '[[routes]]\ngreeting = "Hello, this is the main line."\n'
+    )
+    with SipagentServer(tmp_path / "server", mode="agent", config_text=config) as server:
+        heard: dict[str, str] = {}
+        for dialled in ("+15550003333", "5550004444"):
+            media_port = free_port_block(4)
+            with LoopbackCapture(tmp_path / f"capture{dialled}", [media_port, *server.rtp_ports]) as capture:
+                result = run_sipp(
+                    scenario_path("uac_call_identity"), server.address, workdir=tmp_path / f"sipp{dialled}",
+                    service=dialled, media_port=media_port, keys={"from_user": "5550001111", "identity": "X-A: b"},
+                    duration_ms=6000, timeout=30,
+                )  # fmt: skip
+            result.assert_ok()
+            audio, _ = _heard(capture, media_port)
+            heard[dialled] = _transcribe(audio)
+    assert "bakery" in heard["+15550003333"], heard
+    assert "main line" in heard["5550004444"] and "bakery" not in heard["5550004444"], heard
