@@ -105,8 +105,8 @@ def test_a_call_to_a_routes_number_hears_that_routes_greeting(tmp_path: Path) ->
             with LoopbackCapture(tmp_path / f"capture{dialled}", [media_port, *server.rtp_ports]) as capture:
                 result = run_sipp(
                     scenario_path("uac_call_identity"), server.address, workdir=tmp_path / f"sipp{dialled}",
-                    service=dialled, media_port=media_port, keys={"from_user": "5550001111", "identity": "X-A: b"},
-                    duration_ms=6000, timeout=30,
+                    service=dialled, media_port=media_port, duration_ms=6000, timeout=30,
+                    keys={"from_user": "5550001111", "identity": "X-A: b"},
                 )  # fmt: skip
             result.assert_ok()
             audio, _ = _heard(capture, media_port)
