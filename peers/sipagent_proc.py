@@ -3,6 +3,7 @@ fixture recorder (``scripts/record_fixtures.py``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ class SipagentServer:
     config_text: str | None = None
     sip_port: int = field(default_factory=free_sip_port)
     tls_port: int | None = None
+    #: Extra environment variables for the server (a trunk password, the API token).
+    env: dict[str, str] | None = None
     #: The control API's port (its own, so servers side by side do not collide).
     api_port: int = field(default_factory=free_tcp_port)
     #: How many RTP ports (even and odd) the server may use.
@@ -86,7 +89,8 @@ class SipagentServer:
 
     def __enter__(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = ManagedProcess(self.argv(), name="sipagent", logdir=self.workdir)
+        env = dict(os.environ, **self.env) if self.env else None
+        self.process = ManagedProcess(self.argv(), name="sipagent", logdir=self.workdir, env=env)
         self.process.start()
         # Agent mode loads the models first (a few seconds, more on a loaded box).
         self.process.wait_for_output(r"listening on", timeout=20 if self.mode == "echo" else 120)

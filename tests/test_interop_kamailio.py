@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-import os
+import sys
 import time
 from pathlib import Path
 
@@ -140,23 +140,23 @@ def test_outbound_call_through_407_proxy(tmp_path: Path, scenario: str) -> None:
                     f'[trunk]\nmode = "static"\nuri = "{kamailio.uri()}"\nusername = "{USER}"\n'
                     f'password_env = "TRUNK_PASSWORD"\nkeepalive_interval = 0\n'
                 ),
+                env={"TRUNK_PASSWORD": PASSWORD},
             )
-            caller.workdir.mkdir(parents=True, exist_ok=True)
-            env = dict(os.environ, TRUNK_PASSWORD=PASSWORD)
             target = f"sip:callee@{kamailio.address}"
-            process = ManagedProcess(
-                caller.argv("call", target, "--duration", "4"),
-                name="sipagent-call",
-                logdir=caller.workdir,
-                env=env,
-            )
-            with process:
-                returncode = process.wait(timeout=40)
-            log = process.stderr_text() + process.stdout_text()
+            with caller:
+                # An echo server's outbound call is an echo call (a trunk test) for --max-duration.
+                process = ManagedProcess(
+                    [sys.executable, "-m", "sipagent", "call", target, "--max-duration", "4", "--json",
+                     "--api", caller.api_url],
+                    name="sipagent-call", logdir=caller.workdir,
+                )  # fmt: skip
+                with process:
+                    returncode = process.wait(timeout=40)
+                log = caller.log() + process.stderr_text() + process.stdout_text()
             callee_result = callee.wait(timeout=15)
         callee_result.assert_ok()
         assert returncode == 0, log[-4000:]
-        assert "CallAnswered" in log
+        assert '"outcome": "answered"' in log
         auth = kamailio.records("AUTH")
         assert auth, kamailio.log_text()[-3000:]
         # Challenged once with 407, then the retried INVITE carried the right credentials.
