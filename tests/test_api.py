@@ -471,3 +471,15 @@ def test_the_config_never_shows_its_token() -> None:
     config = ApiConfig(token="hunter2")
     assert "hunter2" not in repr(config) and "hunter2" not in str(config)
     assert ApiConfig(bind="::1").loopback and not ApiConfig(bind="0.0.0.0").loopback
+
+
+async def test_answers_leave_without_waiting_for_nagle(api: Api) -> None:
+    # asyncio sets TCP_NODELAY only on sockets whose proto says TCP: without it each body waited
+    # for the client's delayed ACK (40 ms) behind its headers.
+    assert (await api.http.get("/v1/calls")).status_code == 200
+    assert api.server._server is not None
+    connections = list(api.server._server.server_state.connections)
+    assert connections
+    for connection in connections:
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

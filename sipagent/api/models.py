@@ -21,7 +21,7 @@ from ..product.control import DTMF_CHARACTERS, EVENT_TYPES, MAX_SPEAK_CHARS, Pla
 MAX_DTMF_DIGITS = 32
 #: Longest notify message and task: a message is spoken ``repeat`` times, a task joins the prompt.
 MAX_MESSAGE_CHARS = MAX_SPEAK_CHARS
-MAX_TASK_CHARS = 4000
+MAX_TASK_CHARS = 2000
 
 
 class _Request(BaseModel):
