@@ -49,11 +49,11 @@ sys.path.insert(0, str(ROOT))
 import jiwer  # noqa: E402
 
 from sipagent.config import Settings, load_settings  # noqa: E402
+from sipagent.layers import conversation_config, inference_config, vad_factory  # noqa: E402
 from sipagent.replay.agent_replay import AgentReplay  # noqa: E402
 from sipagent.replay.capture import load_caller_leg  # noqa: E402
 from sipagent.replay.impair import Impairments  # noqa: E402
 from sipagent.rtp.frames import SAMPLE_RATE  # noqa: E402
-from sipagent.server import conversation_config, inference_config, vad_factory  # noqa: E402
 from sipagent.voice.conversation import TurnRecord  # noqa: E402
 from sipagent.voice.inference import Inference, start_inference  # noqa: E402
 from sipagent.voice.vad import Vad  # noqa: E402

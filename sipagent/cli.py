@@ -232,9 +232,9 @@ async def _replay_pipeline(
     echo_db: float | None,
     echo_delay_ms: float,
 ) -> None:
+    from .layers import conversation_config, inference_config, vad_factory
     from .replay.agent_replay import AgentReplay
     from .replay.echo_line import EchoLine
-    from .server import conversation_config, inference_config, vad_factory
     from .voice.inference import ModelLoadError, start_inference
 
     try:

@@ -20,12 +20,12 @@ import pytest
 import pytest_asyncio
 
 from sipagent.config import build_settings
+from sipagent.layers import conversation_config, inference_config
 from sipagent.replay.agent_replay import AgentReplay
 from sipagent.replay.capture import CallerLeg, TimedPacket, load_caller_leg
 from sipagent.replay.echo_line import EchoLine
 from sipagent.replay.impair import Impairments
 from sipagent.replay.runner import ReplayEvent
-from sipagent.server import conversation_config, inference_config
 from sipagent.voice.conversation import ConversationConfig
 from sipagent.voice.inference import InferenceService, ProcessInference
 from sipagent.voice.models import DEFAULT_LLM_MODEL, DEFAULT_STT_MODEL, DEFAULT_TTS_VOICE, resolve_model_path

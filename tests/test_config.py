@@ -94,7 +94,7 @@ def test_agent_mode_with_a_missing_model_names_it_and_exits(tmp_path: Path) -> N
 
 def test_the_first_chunk_settings_reach_the_agents_chunker() -> None:
     from sipagent.config import build_settings
-    from sipagent.server import conversation_config
+    from sipagent.layers import conversation_config
     from sipagent.voice.chunker import SentenceChunker
 
     longer = {"agent": {"first_chunk_min_words": 3, "first_chunk_max_chars": 28}}

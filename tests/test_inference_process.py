@@ -20,9 +20,9 @@ import pytest
 import pytest_asyncio
 
 from sipagent.config import build_settings
+from sipagent.layers import inference_config
 from sipagent.replay.capture import load_caller_leg
 from sipagent.rtp.g711 import decode_table
-from sipagent.server import inference_config
 from sipagent.voice.inference import (
     InferenceService,
     ModelLoadError,

@@ -113,3 +113,45 @@ def test_a_call_to_a_routes_number_hears_that_routes_greeting(tmp_path: Path) ->
             heard[dialled] = _transcribe(audio)
     assert "bakery" in heard["+15550003333"], heard
     assert "main line" in heard["5550004444"] and "bakery" not in heard["5550004444"], heard
+
+
+def test_conversation_call_to_baresip_follows_its_task(tmp_path: Path) -> None:
+    """A real softphone answers and asks what the call is about; the agent's reply comes from the
+    task given on the command line (the embedded 135M model: the words checked are the task's)."""
+    from peers import skips
+    from peers.audio import write_wav
+    from peers.baresip import Baresip
+    from sipagent.config import TtsSettings
+    from sipagent.voice.tts import PiperSynthesizer, synthesize_whole
+
+    skips.require("baresip")
+    _models()
+    question = synthesize_whole(
+        PiperSynthesizer.from_settings(TtsSettings.model_validate({})),
+        "Hello? Who is this, and what is this about?",
+    )
+    quiet = np.zeros(round(3.5 * 8000), np.int16)  # the disclosure plays first
+    wav = write_wav(tmp_path / "callee.wav", np.concatenate([quiet, question, np.zeros(12 * 8000, np.int16)]),
+                    sample_rate=8000)  # fmt: skip
+    task = "Remind the callee that their dentist appointment is tomorrow at ten."
+    with SipagentServer(tmp_path / "server", mode="agent") as server:
+        callee = Baresip(tmp_path / "baresip", audio_wav=wav, answer_mode="auto")
+        with callee:
+            call = ManagedProcess(
+                [sys.executable, "-m", "sipagent", "call", callee.contact_uri, "--task", task,
+                 "--max-duration", "25", "--api", server.api_url, "--json"],
+                name="sipagent-call", logdir=tmp_path / "call",
+            )  # fmt: skip
+            (tmp_path / "call").mkdir()
+            with call:
+                returncode = call.wait(timeout=90)
+        log = server.log()
+    assert returncode == 0, call.stderr_text()[-3000:] + log[-3000:]
+    outcome = json.loads(call.stdout_text())
+    assert outcome["outcome"] == "answered", outcome
+    replies = " ".join(turn["agent"] for turn in outcome["turns"] if turn["caller"]).lower()
+    assert replies, outcome
+    print("conversation call:", outcome["turns"])
+    assert any(word in replies for word in ("dentist", "dental", "appointment", "tomorrow", "ten", "10")), (
+        replies
+    )

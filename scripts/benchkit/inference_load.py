@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from sipagent.config import Settings
+from sipagent.layers import inference_config
 from sipagent.replay.capture import load_caller_leg
 from sipagent.rtp.g711 import decode_table
-from sipagent.server import inference_config
 from sipagent.voice.inference import Inference, start_inference
 from sipagent.voice.jobs import (
     Generate,

@@ -161,6 +161,9 @@ class SipNetwork:
         self._timer: asyncio.TimerHandle | None = None
         self._pumping = False
         self._resolved: dict[str, str] = {}
+        #: TLS peers found by RFC 3263 under a name: the certificate must match that SIP domain
+        #: (RFC 5922 §4), not the address it resolved to.
+        self.tls_names: dict[Address, str] = {}
         self.bound: dict[Transport, int] = {}
 
     def attach(self, endpoint: SipEndpoint) -> None:
@@ -327,9 +330,13 @@ class SipNetwork:
         async def open_and_run() -> None:
             tls = destination.transport == "tls"
             try:
-                # With ssl set, asyncio uses the host as SNI and for certificate checks.
+                # With ssl set, asyncio uses server_hostname (else the host) as SNI and for the
+                # certificate check.
                 reader, writer = await asyncio.open_connection(
-                    destination.host, destination.port, ssl=self.client_ssl if tls else None
+                    destination.host,
+                    destination.port,
+                    ssl=self.client_ssl if tls else None,
+                    server_hostname=self.tls_names.get(destination) if tls else None,
                 )
             except (OSError, ssl.SSLError) as exc:
                 log.warning("cannot connect to %s: %s", destination, exc)
