@@ -33,6 +33,14 @@ each error says who broke the rule and, where a peer did, what to answer::
     │                                     SRV, A); names the host and every DNS question tried
     ├── TrunkProfileError                 product/trunks.py: a number, caller ID, display name or trunk URI
     │                                     the carrier's profile cannot use; names the profile and the rule
+    ├── ControlError                      product/control.py: a control request the server cannot carry out;
+    │   │                                 names the field, and the HTTP status that answers it (4xx)
+    │   ├── UnknownCall                   no call with that id (404)
+    │   └── CallLimitReached              an outbound call beyond limits.max_calls (429; never queued)
+    ├── ApiBindError                      api/server.py: the control API cannot listen on [api] bind/port
+    │                                     (`sipagent serve` reports it and exits)
+    ├── ApiClientError                    api/client.py: the CLI's request failed (no server, refused
+    │                                     token, a 4xx naming the field); printed in one line
     ├── NumberError (ValueError)          product/numbers.py: a value that cannot become an E.164 number
     │                                     (names the value and why); start-up turns a bad configured number
     │                                     into a ConfigError, a caller's number is read leniently (None)

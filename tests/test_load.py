@@ -24,9 +24,11 @@ AUDIO_SECONDS = 8.0
 
 
 def test_fifty_concurrent_echo_calls(tmp_path: Path) -> None:
+    # One sipp caller places every call: the per-caller rate and the call limit are lifted.
     server = SipagentServer(
-        tmp_path / "server", rtp_port_count=2 * CALLS + 20, extra_args=("--log-level", "info")
-    )
+        tmp_path / "server", rtp_port_count=2 * CALLS + 20, extra_args=("--log-level", "info"),
+        config_text=f"[limits]\nmax_calls = {2 * CALLS}\ncalls_per_minute = 0\n",
+    )  # fmt: skip
     with server:
         media_port = free_port_block(4)
         ours = set(server.rtp_ports)

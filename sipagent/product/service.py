@@ -157,7 +157,9 @@ class PhoneService:
         if not decision.allowed:
             log.warning("refusing call %s: %s", call_id, decision.reason)
             return Admitted(status=decision.status)
-        key = decision.number or source_host
+        # The rate is per caller: its number, else its URI (never the source address, which a
+        # trunk shares between all its callers).
+        key = decision.number or caller
         admission = self.admission.admit_inbound(call_id, key, self._clock())
         if not admission.admitted:
             log.warning("refusing call %s: %s", call_id, admission.reason)
