@@ -52,8 +52,8 @@ class RouteSettings(Section):
     disclosure: str | None = None
     #: The caller's language for speech recognition (Whisper's code, e.g. "en"); none: ``[stt]``'s.
     language: str | None = None
-    #: A Piper voice for this route; none: ``[tts] voice``. (Only the configured voice is loaded: a
-    #: route may name it or leave it out; other voices are refused at start-up.)
+    #: A Piper voice for this route (``.onnx`` with its ``.onnx.json``; relative paths resolve
+    #: against the source tree like ``[tts] voice``); none: ``[tts] voice``. Each is loaded once.
     voice: str | None = None
 
     @field_validator("greeting", "instructions", "disclosure", "name", "language", "voice")

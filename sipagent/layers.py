@@ -14,9 +14,11 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from .config import Settings
+from .model_paths import resolve_model_path
 from .voice.chunker import ChunkerConfig
 from .voice.conversation import ConversationConfig
 from .voice.echo_guard import EchoConfig
@@ -124,7 +126,15 @@ def inference_config(settings: Settings) -> InferenceConfig:
         cpus=tuple(agent.inference_cpus) if agent.inference_cpus is not None else None,
         turn_model=agent.turn_model == "smart-turn",
         log_level=settings.log_level.upper(),
+        voices=route_voices(settings),
     )
+
+
+def route_voices(settings: Settings) -> tuple[Path, ...]:
+    """The Piper voices routes speak with besides ``[tts] voice`` (each loaded once)."""
+    default = settings.tts.voice
+    voices = {resolve_model_path(Path(route.voice)) for route in settings.routes if route.voice}
+    return tuple(sorted(voice for voice in voices if voice != default))
 
 
 __all__ = [

@@ -526,3 +526,11 @@ def test_the_end_of_turn_models_verdict_sets_the_pauses_wait() -> None:
     assert first.end_of_turn_wait_ms == pytest.approx(800)
     assert second.turn_complete_probability == pytest.approx(0.97)
     assert second.end_of_turn_wait_ms == pytest.approx(200)
+
+
+def test_a_call_with_a_voice_of_its_own_asks_for_it_in_every_synthesis() -> None:
+    conversation, line = _conversation(greeting=GREETING, voice="/models/en_GB-alba-medium.onnx")
+    commands = line.run(conversation.start(line.now))
+    assert [command for command in commands if isinstance(command, Synthesize)] == [
+        Synthesize(1, GREETING, "/models/en_GB-alba-medium.onnx")
+    ]

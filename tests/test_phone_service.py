@@ -285,3 +285,28 @@ async def test_events_reach_subscribers_of_all_calls_and_of_one() -> None:
     assert collected == ["ringing", "answered", "call_ended"]
     assert service.get_call(info.id).end_reason == "callee hung up"
     await everything.aclose()  # type: ignore[attr-defined]
+
+
+def test_routes_from_the_settings_check_numbers_and_voices() -> None:
+    from sipagent.config import ConfigError, build_settings
+    from sipagent.layers import route_voices
+    from sipagent.model_paths import DEFAULT_TTS_VOICE, resolve_model_path
+    from sipagent.product.setup import route_table
+
+    default_voice = str(resolve_model_path(DEFAULT_TTS_VOICE))
+    settings = build_settings(
+        {"routes": [{"number": "(555) 000-3333", "voice": default_voice}, {"greeting": "Hi."}]}
+    )
+    table = route_table(settings)
+    assert table.match("+15550003333").number == "+15550003333"
+    assert table.match("+15550003333").voice is None  # the default voice: nothing more to load
+    assert table.match("9999").greeting == "Hi."
+    assert route_voices(settings) == ()
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.number"):
+        route_table(build_settings({"routes": [{"number": "not a number"}]}))
+    with pytest.raises(ConfigError, match=r"routes\[1\]\.number: \+15550003333 is routes\[0\]'s too"):
+        route_table(build_settings({"routes": [{"number": "+15550003333"}, {"number": "5550003333"}]}))
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.voice: .*missing\.onnx does not exist"):
+        route_table(build_settings({"routes": [{"voice": "models/missing.onnx"}]}))
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.language"):
+        route_table(build_settings({"routes": [{"language": "de"}]}))

@@ -25,6 +25,7 @@ class Route:
     #: Spoken before anything else (an AI disclosure); None: nothing.
     disclosure: str | None = None
     language: str | None = None
+    #: A Piper voice's path other than the default one (loaded at start-up); None: the default.
     voice: str | None = None
 
 

@@ -369,7 +369,7 @@ class PhoneService:
                 f"{prompt}\n\nYou placed this phone call; the person who answered is on the line. "
                 f"Your task on this call: {task}"
             )
-        return replace(base, greeting=greeting, system_prompt=prompt)
+        return replace(base, greeting=greeting, system_prompt=prompt, voice=route.voice)
 
     def _turn(self, call_id: str, record: TurnRecord) -> None:
         self.book.turn(call_id, record)

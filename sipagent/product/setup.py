@@ -6,7 +6,10 @@ start-up with a :class:`~sipagent.config.ConfigError` naming its key, like every
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import ConfigError, Settings
+from ..model_paths import resolve_model_path
 from .limits import LimitsConfig
 from .numbers import NumberError, normalise
 from .policy import InboundPolicy
@@ -44,7 +47,10 @@ def route_table(settings: Settings) -> RouteTable:
                     f"invalid configuration:\n  routes[{i}].number: {number} is routes[{seen[number]}]'s too"
                 )
             seen[number] = i
-        _same_model(entry.voice, str(settings.tts.voice), f"routes[{i}].voice", "[tts] voice")
+        voice = str(resolve_model_path(Path(entry.voice))) if entry.voice else None
+        if voice is not None and not Path(voice).is_file():
+            raise ConfigError(f"invalid configuration:\n  routes[{i}].voice: {voice} does not exist "
+                              "(a Piper .onnx voice, with its .onnx.json beside it)")  # fmt: skip
         _same_model(entry.language, settings.stt.language, f"routes[{i}].language", "[stt] language")
         route = Route(
             name=entry.name or number or "default",
@@ -55,7 +61,7 @@ def route_table(settings: Settings) -> RouteTable:
             instructions=entry.instructions,
             disclosure=entry.disclosure,
             language=entry.language,
-            voice=entry.voice,
+            voice=None if voice == str(settings.tts.voice) else voice,
         )
         if number is None:
             default = route
@@ -67,8 +73,8 @@ def route_table(settings: Settings) -> RouteTable:
 
 
 def _same_model(value: str | None, loaded: str | None, key: str, setting: str) -> None:
-    """Routes share one set of models in this version: a route may repeat the loaded voice or
-    language, not ask for another."""
+    """Routes share one speech recogniser: a route may repeat its language, not ask for another
+    (Whisper's language is set per model in this version; tiny.en knows only English)."""
     if value is not None and loaded is not None and value not in (loaded, loaded.rsplit("/", 1)[-1]):
         raise ConfigError(
             f"invalid configuration:\n  {key}: {value!r} differs from {setting} ({loaded!r}); every route "

@@ -73,10 +73,11 @@ class Generate:
 
 @dataclass(frozen=True, slots=True)
 class Synthesize:
-    """Speak ``text`` (one chunk of a reply)."""
+    """Speak ``text`` (one chunk of a reply) in ``voice`` (a loaded voice's path; None: the default)."""
 
     job: int
     text: str
+    voice: str | None = None
 
     def __post_init__(self) -> None:
         _check_job("Synthesize", self.job)

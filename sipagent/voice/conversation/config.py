@@ -27,6 +27,9 @@ class ConversationConfig:
     max_turn_s: float = 30.0
     #: Said when the call starts (None: wait for the caller).
     greeting: str | None = None
+    #: The Piper voice this call speaks with (a path the inference process loaded; None: the
+    #: default ``[tts] voice``).
+    voice: str | None = None
     #: Take turns with the caller. False: the call only speaks (a notification): the caller's voice
     #: neither interrupts it nor gets a reply.
     listen: bool = True

@@ -113,6 +113,7 @@ class Reply:
         self.hang_up_after = hang_up_after
         self.state = _R.SYNTHESIZING if script is not None else _R.TRANSCRIBING
         self.script = script
+        self.voice = config.voice
         self._spoken = SpokenFilter()
         self._chunker = SentenceChunker(config.chunker)
         self._chunks: deque[str] = deque(self._chunker.feed(script) + self._chunker.flush() if script else [])
@@ -179,7 +180,7 @@ class Reply:
         job = new_job()
         self.tts_job = (job, text)
         self._tts_started = now
-        return Synthesize(job, text)
+        return Synthesize(job, text, self.voice)
 
     def add_audio(self, audio: Pcm, now: float) -> None:
         """The outstanding TTS job's audio."""

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -53,6 +53,8 @@ class InferenceConfig:
     sched: Literal["normal", "idle"] = "normal"
     #: CPUs the inference process may run on (None: all).
     cpus: tuple[int, ...] | None = None
+    #: Piper voices loaded besides ``tts.voice`` (routes that speak with another voice).
+    voices: tuple[Path, ...] = ()
     #: Load Smart Turn, the end-of-turn model (``PredictTurnEnd`` jobs).
     turn_model: bool = False
     log_level: str = "INFO"
@@ -65,6 +67,8 @@ class LoadedModels:
     transcriber: Transcriber
     chat: ChatModel
     synthesizer: Synthesizer
+    #: Other voices by their path (``Synthesize.voice``).
+    voices: dict[str, Synthesizer] = field(default_factory=dict)
     #: The end-of-turn model (Smart Turn), if configured.
     turn: TurnModel | None = None
 
@@ -80,6 +84,10 @@ def load_models(config: InferenceConfig) -> LoadedModels:
     try:
         transcriber = WhisperTranscriber.from_settings(config.stt)
         synthesizer = PiperSynthesizer.from_settings(config.tts)
+        voices: dict[str, Synthesizer] = {
+            str(voice): PiperSynthesizer.from_settings(config.tts.model_copy(update={"voice": voice}))
+            for voice in config.voices
+        }
         chat = chat_model_from_settings(config.llm)
         turn = _load_turn_model() if config.turn_model else None
     except (OSError, RuntimeError, ValueError) as exc:  # missing files, bad template, no CUDA
@@ -100,7 +108,7 @@ def load_models(config: InferenceConfig) -> LoadedModels:
         else _name(config.llm.model),
         _name(config.tts.voice),
     )
-    return LoadedModels(transcriber=transcriber, chat=chat, synthesizer=synthesizer, turn=turn)
+    return LoadedModels(transcriber=transcriber, chat=chat, synthesizer=synthesizer, voices=voices, turn=turn)
 
 
 class TurnModel(Protocol):

@@ -84,7 +84,12 @@ class JobWorker:
             if isinstance(job, Transcribe):
                 self._send(Transcribed(job.job, self._models.transcriber.transcribe(job.audio)))
             elif isinstance(job, Synthesize):
-                self._send(Synthesized(job.job, synthesize_whole(self._models.synthesizer, job.text)))
+                models = self._models
+                voice = models.synthesizer if job.voice is None else models.voices.get(job.voice)
+                if voice is None:
+                    self._send(JobFailed(job.job, f"the voice {job.voice} is not loaded"))
+                else:
+                    self._send(Synthesized(job.job, synthesize_whole(voice, job.text)))
             elif isinstance(job, Generate):
                 self._generate(job, cancel)
             elif isinstance(job, PredictTurnEnd):
