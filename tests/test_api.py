@@ -483,3 +483,12 @@ async def test_answers_leave_without_waiting_for_nagle(api: Api) -> None:
     for connection in connections:
         sock = connection.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+async def test_a_stopped_api_starts_again() -> None:
+    server = ApiServer(FakeControl(), ApiConfig(port=0, token=TOKEN))
+    for _ in range(2):
+        await server.start()
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            assert (await client.get("/healthz")).json() == {"status": "ok", "calls": 0}
+        await server.stop()

@@ -81,7 +81,8 @@ class ApiServer:
             raise RuntimeError("the control API is already started")
         sock = self._bind()
         server = uvicorn.Server(self._config)
-        self._config.load()
+        if not self._config.loaded:  # uvicorn loads a config once; a restarted API reuses it
+            self._config.load()
         server.lifespan = self._config.lifespan_class(self._config)
         try:
             await server.startup(sockets=[sock])
