@@ -127,7 +127,8 @@ def _print_call(call: dict[str, Any]) -> None:
     console = _console()
     console.print(_outcome_line(call))
     for turn in call.get("turns", []):
-        console.print(Text.assemble(("  caller: ", "cyan"), turn["caller"]))
+        if turn["caller"]:  # empty for what the agent said unprompted (greeting, disclosure, speak)
+            console.print(Text.assemble(("  caller: ", "cyan"), turn["caller"]))
         agent = Text.assemble(("  agent:  ", "magenta"), turn["agent"])
         if turn.get("interrupted"):
             agent.append(" (interrupted)", style="dim")
