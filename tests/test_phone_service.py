@@ -310,3 +310,13 @@ def test_routes_from_the_settings_check_numbers_and_voices() -> None:
         route_table(build_settings({"routes": [{"voice": "models/missing.onnx"}]}))
     with pytest.raises(ConfigError, match=r"routes\[0\]\.language"):
         route_table(build_settings({"routes": [{"language": "de"}]}))
+
+
+async def test_an_incoming_call_the_caller_gave_up_on_is_no_answer() -> None:
+    service = _service(FakeTelephony())
+    service.admit_incoming("c1", caller="+15550001111", dialled=None, source_host="h")
+    service.ended("c1", status=None, reason="cancelled", by_remote=True)
+    assert service.get_call("c1").outcome == "no-answer"
+    service.admit_incoming("c2", caller="+15550001111", dialled=None, source_host="h")
+    service.ended("c2", status=None, reason="rejected-488", by_remote=False)
+    assert service.get_call("c2").outcome == "rejected" and service.get_call("c2").sip_status == 488

@@ -304,7 +304,9 @@ class PhoneService:
             timer.cancel()
         info = self.book.get(call_id) if call_id in {c.id for c in self.book.list()} else None
         answered = info is not None and info.answered_at is not None
-        outcome = "answered" if answered else _outcome(status, plan.end_reason)
+        if status is None and reason.startswith("rejected-") and reason[9:].isdigit():
+            status = int(reason[9:])  # we refused it ourselves (a 488 offer, a 503 without ports)
+        outcome = "answered" if answered else _outcome(status, plan.end_reason or reason)
         if answered:
             who = "caller" if plan.direction == "inbound" else "callee"
             why = f"{who} hung up" if by_remote else (plan.end_reason or reason)
@@ -410,7 +412,7 @@ def _joined(*texts: str | None) -> str | None:
 
 def _outcome(status: int | None, end_reason: str | None) -> CallOutcome:
     """How an unanswered call turned out, from the INVITE's final status."""
-    if end_reason == "no answer" or status in (408, 480, 487):
+    if end_reason in ("no answer", "cancelled") or status in (408, 480, 487):
         return "no-answer"
     if status in (486, 600):
         return "busy"
