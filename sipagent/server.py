@@ -373,6 +373,7 @@ class Server:
             self.endpoint.reject(event.call_id, admitted.status, now, headers=admitted.headers)
             return
         self.endpoint.ring(event.call_id, now)
+        self.service.ringing(event.call_id, 180)
         self._spawn(self._answer(event.call_id))
 
     async def _answer(self, call_id: str) -> None:

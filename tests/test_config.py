@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sipagent.config import ConfigError, load_settings
+from sipagent.config import ConfigError, Settings, build_settings, load_settings
 
 
 def _error(tmp_path: Path, text: str, **overrides: object) -> str:
@@ -104,3 +104,17 @@ def test_the_first_chunk_settings_reach_the_agents_chunker() -> None:
     assert 16 < len(first) <= 28 and first.startswith("Thanks for calling")
     default = conversation_config(build_settings({})).chunker
     assert (default.first_min_words, default.first_max_chars) == (2, 16)  # two or three words
+
+
+def test_a_remote_llm_server_is_announced_at_start_up(caplog: pytest.LogCaptureFixture) -> None:
+    from sipagent.layers import warn_if_text_leaves
+
+    def llm(base_url: str) -> Settings:
+        return build_settings({"llm": {"backend": "openai", "openai": {"base_url": base_url, "model": "m"}}})
+
+    assert not warn_if_text_leaves(build_settings({}))
+    assert not warn_if_text_leaves(llm("http://127.0.0.1:8000/v1"))
+    assert not warn_if_text_leaves(llm("http://localhost:8000/v1"))
+    with caplog.at_level("WARNING"):
+        assert warn_if_text_leaves(llm("https://gpu-box.example.com/v1"))
+    assert "gpu-box.example.com" in caplog.text and "transcripts" in caplog.text
