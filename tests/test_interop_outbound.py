@@ -87,14 +87,16 @@ def test_notify_call_speaks_after_the_answer_then_hangs_up(tmp_path: Path) -> No
     voiced = [at for at, peak in peaks if peak > _VOICED_PEAK]
     assert voiced and voiced[0] >= 1.9, voiced[:5]
     heard = _transcribe(audio)
-    assert "parcel" in heard and "tomorrow" in heard, heard
-    assert "automated" in heard  # the AI disclosure came first
+    # Most of the message's words (Whisper tiny on 8 kHz speech may miss one), after the disclosure.
+    assert sum(word in heard for word in ("parcel", "arrive", "tomorrow", "morning")) >= 3, heard
+    assert "automated" in heard or "assistant" in heard, heard
 
 
 def test_a_call_to_a_routes_number_hears_that_routes_greeting(tmp_path: Path) -> None:
     _models()
     config = (
-        '[[routes]]\nnumber = "+15550003333"\ngreeting = "Welcome to the bakery. What would you like?"\n'
+        '[[routes]]\nnumber = "+15550003333"\n'
+        'greeting = "Welcome to the city bakery. Which bread would you like today?"\n'
         'instructions = "You take bread orders for a bakery."\n\n'
         '[[routes]]\ngreeting = "Hello, this is the main line."\n'
     )
@@ -111,8 +113,12 @@ def test_a_call_to_a_routes_number_hears_that_routes_greeting(tmp_path: Path) ->
             result.assert_ok()
             audio, _ = _heard(capture, media_port)
             heard[dialled] = _transcribe(audio)
-    assert "bakery" in heard["+15550003333"], heard
-    assert "main line" in heard["5550004444"] and "bakery" not in heard["5550004444"], heard
+    # Whisper tiny on 8 kHz speech may miss a word ("vakery"): most of each greeting's words will do.
+    bakery = ("welcome", "city", "bakery", "bread", "today")
+    main = ("hello", "main", "line")
+    assert sum(word in heard["+15550003333"] for word in bakery) >= 3, heard
+    assert sum(word in heard["5550004444"] for word in main) >= 2, heard
+    assert not any(word in heard["5550004444"] for word in ("bakery", "bread")), heard
 
 
 def test_conversation_call_to_baresip_follows_its_task(tmp_path: Path) -> None:

@@ -22,12 +22,14 @@ from benchkit.neighbours import DEFAULT_SETTING, caller_audio, run_setting  # no
 pytestmark = pytest.mark.peer
 
 
-@pytest.mark.timeout(300)  # start-up (up to 120 s on a loaded box) + one ~12 s call + teardown
+@pytest.mark.timeout(300)  # start-up (up to 120 s on a loaded box) + one ~25 s call + teardown
 def test_default_priority_listens_and_answers_beside_two_busy_neighbours(tmp_path: Path) -> None:
     skips.require("baresip")
     skips.require_capture()
     require_models(resolve_model_path(DEFAULT_STT_MODEL) / "model.bin", resolve_model_path(DEFAULT_LLM_MODEL))
-    audio = caller_audio(tmp_path)
+    # 20 s of room tone after the speech: the reply may come late beside the neighbours and the
+    # other tests pytest runs meanwhile; the test asks only that it comes.
+    audio = caller_audio(tmp_path, tail_s=20.0)
     run = run_setting(DEFAULT_SETTING, 2, calls=1, audio=audio, workdir=tmp_path / "run", listen_timeout=120)
     assert run.listen_s is not None, f"{run.error}\n{run.log_tail}"
     assert run.neighbours_alive == 2  # they kept the cores busy for the whole run
