@@ -9,7 +9,8 @@ results cross the pipe to the inference process as they are).
 ::
 
     engine ──► Transcribe(job, audio)         ──► Transcribed(job, transcript)
-           ──► Generate(job, key, prompt, turns) ──► TextPiece(job, text) … TextDone(job, stats)
+           ──► Generate(job, key, prompt, turns, tools) ──► TextPiece(job, text) …
+                                               [ToolCallRequested(job, call) …] TextDone(job, stats)
            ──► Synthesize(job, text)          ──► Synthesized(job, audio)
            ──► PredictTurnEnd(job, audio)     ──► TurnEndPredicted(job, probability)
            ──► CancelJob(job)                     (any job may instead end in JobFailed(job, reason))
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..rtp.frames import Pcm
-from .llm import Turn, TurnStats
+from .llm import ToolCall, ToolSpec, Turn, TurnStats
 from .stt import Transcript
 
 
@@ -54,7 +55,8 @@ class Transcribe:
 
 @dataclass(frozen=True, slots=True)
 class Generate:
-    """Stream the agent's reply to ``turns`` (the last one the caller's) under ``system_prompt``.
+    """Stream the agent's reply to ``turns`` (the last one the caller's, or a tool's result) under
+    ``system_prompt``, with ``tools`` the model may call.
 
     ``conversation`` names the call, so a backend that keeps state per call (llama.cpp's KV cache)
     finds it again; the turns are the whole history every time, so no backend has to remember it.
@@ -64,11 +66,12 @@ class Generate:
     conversation: int
     system_prompt: str
     turns: tuple[Turn, ...]
+    tools: tuple[ToolSpec, ...] = ()
 
     def __post_init__(self) -> None:
         _check_job("Generate", self.job)
-        if not self.turns or self.turns[-1].role != "user":
-            raise ValueError("Generate.turns must end with the caller's turn")
+        if not self.turns or self.turns[-1].role not in ("user", "tool"):
+            raise ValueError("Generate.turns must end with the caller's turn or a tool's result")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,15 @@ class TextPiece:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallRequested:
+    """The model called a tool in a :class:`Generate` job's reply (its syntax is never among the
+    text pieces: nothing of it is spoken). Sent once the call is complete, before :class:`TextDone`."""
+
+    job: int
+    call: ToolCall
+
+
+@dataclass(frozen=True, slots=True)
 class TextDone:
     """A :class:`Generate` job's reply is complete (or stopped after a cancel)."""
 
@@ -149,7 +161,9 @@ class JobFailed:
     reason: str
 
 
-JobResult = Transcribed | TextPiece | TextDone | Synthesized | TurnEndPredicted | JobFailed
+JobResult = (
+    Transcribed | TextPiece | ToolCallRequested | TextDone | Synthesized | TurnEndPredicted | JobFailed
+)
 
 __all__ = [
     "Generate",
@@ -161,6 +175,7 @@ __all__ = [
     "Synthesized",
     "TextDone",
     "TextPiece",
+    "ToolCallRequested",
     "Transcribe",
     "Transcribed",
     "TurnEndPredicted",

@@ -29,15 +29,38 @@ from ..errors import SipAgentError
 if TYPE_CHECKING:
     from ..config import LlmSettings
 
-Role = Literal["user", "assistant"]
+Role = Literal["user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool the model may call: its name, what it is for, and its arguments as a JSON Schema
+    (an ``object`` schema, as JSON text: frozen, picklable, sent as it is)."""
+
+    name: str
+    description: str
+    parameters: str = '{"type": "object", "properties": {}}'
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call of a tool by the model: ``arguments`` is the JSON text it produced (checked against
+    the tool's schema by whoever runs it, never trusted)."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class Turn:
-    """One utterance in a call's history."""
+    """One utterance in a call's history: the caller's words, the agent's (with the tools it called
+    after them), or a tool's result (``role = "tool"``, answering ``tool_call_id``)."""
 
     role: Role
     text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True)
