@@ -26,7 +26,14 @@ from .rtp.frames import FrameKind, silence
 from .rtp.recorder import CallRecorder
 from .rtp.session import NegotiatedStream, RtpSession, RtpSessionConfig, Tick
 from .sip.events import Event
-from .voice.conversation import Conversation, ConversationConfig, TurnRecord
+from .voice.conversation import (
+    Conversation,
+    ConversationConfig,
+    RunTool,
+    SendDigits,
+    TransferCall,
+    TurnRecord,
+)
 from .voice.inference import InferenceService
 from .voice.vad import Vad
 
@@ -75,6 +82,8 @@ class Call:
     #: Told each finished turn of the agent, and each digit the far end pressed.
     on_turn: Callable[[TurnRecord], None] | None = None
     on_dtmf: Callable[[str], None] | None = None
+    #: Carries out what the agent does beyond speaking (a webhook, a transfer, keys to send).
+    on_action: Callable[[RunTool | TransferCall | SendDigits], None] | None = None
 
     async def open(self) -> int:
         """Bind the media ports; returns the RTP port to put in SDP."""
@@ -141,7 +150,13 @@ class Call:
             config or self.options.conversation, key=new_conversation_key(), vad=self.options.vad
         )
         self.agent = ConversationRunner(
-            self.call_id, conversation, self.session, inference, on_turn=self.on_turn, on_end_call=self.hangup
+            self.call_id,
+            conversation,
+            self.session,
+            inference,
+            on_turn=self.on_turn,
+            on_end_call=self.hangup,
+            on_action=self.on_action,
         )
         self.agent.start()
 
@@ -167,6 +182,8 @@ class Call:
             self.digits.append(event.digit)
             if self.on_dtmf is not None:
                 self.on_dtmf(event.digit)
+            if self.agent is not None:
+                self.agent.dtmf(event.digit)
             if self.options.mode == "echo" and self.options.echo_dtmf and self.session.dtmf_out is not None:
                 self.session.send_dtmf(event.digit, max(40, min(event.duration_ms, 500)))
         elif isinstance(event, MediaTimeout):

@@ -31,6 +31,9 @@ from ..voice.conversation import (
     FlushOutput,
     Frame,
     PlayFrames,
+    RunTool,
+    SendDigits,
+    TransferCall,
     TurnFinished,
     TurnRecord,
 )
@@ -70,6 +73,7 @@ class ConversationRunner:
         *,
         on_turn: Callable[[TurnRecord], None] | None = None,
         on_end_call: Callable[[str], None] | None = None,
+        on_action: Callable[[RunTool | TransferCall | SendDigits], None] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         """``clock`` is the time base of the media's ticks (default: the loop's, as the media
@@ -80,6 +84,9 @@ class ConversationRunner:
         self.inference = inference
         self.on_turn = on_turn
         self.on_end_call = on_end_call
+        #: Carries out what the agent does beyond speaking (the call's product layer); without it
+        #: such commands are logged and dropped.
+        self.on_action = on_action
         self.loop = asyncio.get_running_loop()
         self.clock = clock or self.loop.time
         self._tickets: dict[int, Ticket] = {}
@@ -97,6 +104,21 @@ class ConversationRunner:
         self._execute(
             self.conversation.say(text, self.clock(), hang_up_after=hang_up_after, interrupt=interrupt)
         )
+
+    def tool_result(self, call_id: str, content: str) -> None:
+        """A :class:`RunTool`'s result (or its error as text)."""
+        if not self.closed:
+            self._execute(self.conversation.on_tool_result(call_id, content, self.clock()))
+
+    def transfer_failed(self, reason: str) -> None:
+        """A :class:`TransferCall` did not happen."""
+        if not self.closed:
+            self._execute(self.conversation.on_transfer_failed(reason, self.clock()))
+
+    def dtmf(self, key: str) -> None:
+        """A key the caller pressed."""
+        if not self.closed:
+            self._execute(self.conversation.on_dtmf(key, self.clock()))
 
     def on_tick(self, tick: Tick) -> None:
         """One 20 ms tick of the call (the media transport's callback)."""
@@ -136,6 +158,11 @@ class ConversationRunner:
                 log.info("call %s: the agent ends the call (%s)", self.name, command.reason)
                 if self.on_end_call is not None:
                     self.on_end_call(command.reason)
+            elif isinstance(command, RunTool | TransferCall | SendDigits):
+                if self.on_action is not None:
+                    self.on_action(command)
+                else:
+                    log.warning("call %s: nothing carries out %s", self.name, command)
             else:  # a model job
                 self._tickets[command.job] = self.inference.submit(command, self._deliver)
         self._arm_timer()

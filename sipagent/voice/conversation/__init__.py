@@ -4,7 +4,18 @@
 (:mod:`sipagent.voice.jobs`) with their times, and returns commands; see :mod:`.engine`.
 """
 
-from .commands import CancelJob, Command, EndCall, FlushOutput, Frame, PlayFrames, TurnFinished
+from .commands import (
+    CancelJob,
+    Command,
+    EndCall,
+    FlushOutput,
+    Frame,
+    PlayFrames,
+    RunTool,
+    SendDigits,
+    TransferCall,
+    TurnFinished,
+)
 from .config import ConversationConfig
 from .engine import Conversation
 from .record import Outcome, TurnRecord
@@ -22,6 +33,9 @@ __all__ = [
     "PlayFrames",
     "ReplyState",
     "ReplyStateError",
+    "RunTool",
+    "SendDigits",
+    "TransferCall",
     "TurnFinished",
     "TurnRecord",
 ]

@@ -10,7 +10,9 @@ Out, in the order they must be carried out:
 * :class:`PlayFrames` (hand them to the call's pacer now) and :class:`FlushOutput` (drop what the
   pacer still holds, this tick: a hold or a barge-in);
 * :class:`EndCall` (hang up: the agent said its last words);
-* :class:`TurnFinished` (a report: log it, store it; nothing to do for the media).
+* :class:`TurnFinished` (a report: log it, store it; nothing to do for the media);
+* what the agent does beyond speaking, from its tool calls and the caller's keys:
+  :class:`RunTool` (a webhook), :class:`TransferCall`, :class:`SendDigits`.
 
 Frozen dataclasses, like h11's events: the runner matches on their type.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 from ...rtp.frames import AudioFrame, Pcm
 from ..jobs import Job
+from ..llm import ToolCall
 from .record import TurnRecord
 
 
@@ -71,6 +74,43 @@ class TurnFinished:
     record: TurnRecord
 
 
-Command = Job | CancelJob | PlayFrames | FlushOutput | EndCall | TurnFinished
+@dataclass(frozen=True, slots=True)
+class RunTool:
+    """Run a tool the model called (one of the operator's webhooks) and answer with
+    :meth:`~sipagent.voice.conversation.Conversation.on_tool_result` and the call's ``id``. The
+    arguments are the model's JSON text: the runner checks them against the tool's schema."""
 
-__all__ = ["CancelJob", "Command", "EndCall", "FlushOutput", "Frame", "PlayFrames", "TurnFinished"]
+    call: ToolCall
+
+
+@dataclass(frozen=True, slots=True)
+class TransferCall:
+    """Transfer the caller to ``target``, a name among the route's transfer targets (never a number
+    the model made up); answer with :meth:`Conversation.on_transfer_failed` if it does not happen."""
+
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendDigits:
+    """Send ``digits`` (0-9 * # A-D) to the far end as RFC 4733 events (an IVR to navigate)."""
+
+    digits: str
+
+
+Command = (
+    Job | CancelJob | PlayFrames | FlushOutput | EndCall | TurnFinished | RunTool | TransferCall | SendDigits
+)
+
+__all__ = [
+    "CancelJob",
+    "Command",
+    "EndCall",
+    "FlushOutput",
+    "Frame",
+    "PlayFrames",
+    "RunTool",
+    "SendDigits",
+    "TransferCall",
+    "TurnFinished",
+]

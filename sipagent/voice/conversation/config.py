@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ...config import DEFAULT_SYSTEM_PROMPT
 from ..chunker import ChunkerConfig
 from ..echo_guard import EchoConfig
+from ..llm import ToolSpec
 from ..turns import TurnConfig
 
 
@@ -30,6 +31,25 @@ class ConversationConfig:
     #: The Piper voice this call speaks with (a path the inference process loaded; None: the
     #: default ``[tts] voice``).
     voice: str | None = None
+    #: Tools the model may call (:mod:`sipagent.product.tools` builds them per route). The built-in
+    #: ``end_call``, ``transfer_call`` and ``send_dtmf`` are carried out by the engine's commands;
+    #: any other is a :class:`RunTool`. With tools, the caller's words reach the model quoted, as data.
+    tools: tuple[ToolSpec, ...] = ()
+    #: Tool calls carried out per reply; more are answered "not run" to the model.
+    max_tool_calls: int = 3
+    #: Said when a tool has not answered after ``filler_after_ms`` and the line is quiet.
+    filler: str = "One moment."
+    filler_after_ms: float = 700.0
+    #: Keys that act without the model (``"0" -> "transfer:operator"``, ``"9" -> "end_call"``,
+    #: ``"1" -> "say:Our hours are nine to five."``), pressed as the first key of an entry.
+    keys: tuple[tuple[str, str], ...] = ()
+    #: Other keys are collected into one entry, ended by ``#`` or this long without a key, and
+    #: reach the model as the caller's turn ("The caller pressed 4 2 #.").
+    dtmf_timeout_s: float = 3.0
+    #: Said before hanging up when the model calls end_call without words, or the caller's key does.
+    goodbye: str = "Goodbye."
+    #: Said when a transfer did not happen (the call goes on).
+    transfer_failed: str = "I'm sorry, I could not transfer your call. Let's carry on."
     #: Take turns with the caller. False: the call only speaks (a notification): the caller's voice
     #: neither interrupts it nor gets a reply.
     listen: bool = True
@@ -61,7 +81,7 @@ class ConversationConfig:
 
     def __post_init__(self) -> None:
         names = ["hold_after_ms", "preroll_ms", "max_turn_s", "job_timeout_s", "speech_end_margin_db",
-                 "end_of_turn_incomplete_ms"]  # fmt: skip
+                 "end_of_turn_incomplete_ms", "filler_after_ms", "dtmf_timeout_s"]  # fmt: skip
         if self.end_of_turn_complete_ms is not None:
             names.append("end_of_turn_complete_ms")
         for name in names:
@@ -78,3 +98,5 @@ class ConversationConfig:
             raise ValueError("ConversationConfig.turn_complete_threshold must be between 0 and 1")
         if not self.system_prompt.strip():
             raise ValueError("ConversationConfig.system_prompt must not be empty")
+        if self.max_tool_calls < 0:
+            raise ValueError("ConversationConfig.max_tool_calls must not be negative")

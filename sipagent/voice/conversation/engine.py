@@ -34,13 +34,13 @@ import numpy as np
 
 from ...rtp.frames import FRAME_SECONDS, Pcm
 from ..jobs import (
-    Generate,
     JobFailed,
     JobResult,
     PredictTurnEnd,
     Synthesized,
     TextDone,
     TextPiece,
+    ToolCallRequested,
     Transcribe,
     Transcribed,
     TurnEndPredicted,
@@ -48,8 +48,11 @@ from ..jobs import (
 from ..llm import Turn
 from ..turns import BargeIn, CallerResumed, EndOfTurn, PauseStarted, TurnEvent, TurnState
 from ..vad import Vad
+from .acting import Acting
+from .actions import ToolDesk
 from .commands import CancelJob, Command, EndCall, FlushOutput, Frame, PlayFrames, TurnFinished
 from .config import ConversationConfig
+from .keypad import Keypad
 from .listener import Listener
 from .record import Outcome, TurnRecord
 from .reply import Reply, ReplyState
@@ -68,7 +71,7 @@ def _voiced(samples: Pcm) -> bool:
     return int(np.abs(samples).max()) >= VOICED_PEAK
 
 
-class Conversation:
+class Conversation(Acting):
     """One call's conversation (see the module docstring)."""
 
     def __init__(
@@ -98,6 +101,10 @@ class Conversation:
         self._hold_frames = max(1, round(self.config.hold_after_ms / 1000 / FRAME_SECONDS))
         self._hold_s = self._hold_frames * FRAME_SECONDS
         self._out: list[Command] = []
+        #: The model's tool calls, and the caller's keys (``actions.py``, ``keypad.py``).
+        self.tools = ToolDesk(self.config)
+        self.keypad = Keypad(dict(self.config.keys), self.config.dtmf_timeout_s)
+        self._now = 0.0
 
     # -- inputs ----------------------------------------------------------------------------------
     def start(self, now: float) -> list[Command]:
@@ -125,6 +132,7 @@ class Conversation:
         """One 20 ms tick of the call at tick time ``now``."""
         if self.closed:
             return []
+        self._now = now
         self._queued = frame.queued_output
         self.listener.note_outbound(frame.outbound, now)
         speaking = self._speaking
@@ -137,7 +145,7 @@ class Conversation:
                 and record.first_voiced_out_at is None
                 and int(np.abs(out).max()) >= VOICED_PEAK
             ):
-                self._note_first_audio(record, now)
+                record.voiced_out(now)
         if self.config.listen:
             agent_on = speaking is not None and speaking.playback.playing
             watch = speaking is not None and not speaking.playback.done
@@ -159,7 +167,8 @@ class Conversation:
         reply = self._owners.get(result.job)
         if reply is None or self.closed:
             return []
-        if not isinstance(result, TextPiece):
+        self._now = now
+        if not isinstance(result, TextPiece | ToolCallRequested):
             del self._owners[result.job]
             reply.deadlines.pop(result.job, None)
         if isinstance(result, Transcribed):
@@ -167,6 +176,10 @@ class Conversation:
         elif isinstance(result, TextPiece):
             reply.deadlines[result.job] = now + self.config.job_timeout_s
             reply.add_text(result.text, now)
+        elif isinstance(result, ToolCallRequested):
+            reply.tool_calls.append(result.call)
+            if reply.committed:
+                self._out.extend(self.tools.run(reply, result.call, now))
         elif isinstance(result, TextDone):
             reply.end_text(now)
         elif isinstance(result, Synthesized):
@@ -179,10 +192,17 @@ class Conversation:
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next (a job's answer is overdue then), or None."""
         replies = {id(reply): reply for reply in self._owners.values()}.values()
-        return min((at for reply in replies for at in reply.deadlines.values()), default=None)
+        deadlines = [at for reply in replies for at in reply.deadlines.values()]
+        deadlines += [at for at in (self.tools.filler_at, self.keypad.deadline) if at is not None]
+        return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> list[Command]:
-        """Give up the jobs whose answer is overdue: their replies fail (or play what they have)."""
+        """Give up the jobs whose answer is overdue: their replies fail (or play what they have); say
+        the filler while a tool is slow; end a key entry whose time is up."""
+        self._now = now
+        if self.tools.filler_due(now) and not self.speaking:
+            self._say(self.config.filler, now, None)
+        self._keyed(self.keypad.expire(now), now)
         for job, reply in list(self._owners.items()):
             deadline = reply.deadlines.get(job)
             if deadline is not None and deadline <= now and job in self._owners:
@@ -207,6 +227,7 @@ class Conversation:
         for reply in self._waiting:
             self._stop(reply, "interrupt")
         self._waiting.clear()
+        self.tools.forget()
         self.closed = True
         self.listener.close()
         return self._take()
@@ -282,6 +303,8 @@ class Conversation:
         reply.committed = True
         self._speaking = reply
         self._enter_history(reply)
+        for call in reply.tool_calls:  # asked for while it was a speculation: run now it counts
+            self._out.extend(self.tools.run(reply, call, now))
         self._advance(reply, now)
 
     def _barge_in(self, now: float) -> None:
@@ -289,7 +312,7 @@ class Conversation:
         if speaking is None or speaking.playback.done:
             return
         if not speaking.playback.held:
-            self._note_stop(speaking.record, now)
+            speaking.record.stopped(now, self.listener.run_start)
         self._interrupt(speaking)
 
     def _hold_or_resume(self, now: float) -> None:
@@ -304,9 +327,7 @@ class Conversation:
             playback.hold(self._flush())
             speaking.record.holds += 1
             # The voice's onset as the stream that saw it first saw it.
-            self._note_stop(
-                speaking.record, now, listener.run_start if listener.voice_run else arrivals.onset
-            )
+            speaking.record.stopped(now, listener.run_start if listener.voice_run else arrivals.onset)
         elif (
             playback.held
             and listener.turns.state is TurnState.LISTENING
@@ -354,7 +375,7 @@ class Conversation:
         self._enter_history(reply)
         job = reply.llm_job = self._new_job(reply, now)
         reply.llm_started = now
-        self._out.append(Generate(job, self.key, self.config.system_prompt, self._turns_for(reply)))
+        self._out.append(self._generate(job, self._turns_for(reply)))
 
     def _turns_for(self, reply: Reply) -> tuple[Turn, ...]:
         """The history a reply answers: what was heard, then (for a speculation) the caller's words."""
@@ -440,12 +461,16 @@ class Conversation:
         record.turn = len(self.records) + 1
         record.reply = reply.playback.heard_text()
         record.outcome = _OUTCOMES.get(reply.state, Outcome.INTERRUPTED)
-        if record.reply:
-            self.history.append(Turn("assistant", record.reply))
+        self.tools.enter_history(reply, self.history, record.reply)
         self.records.append(record)
         self._out.append(TurnFinished(record))
         if reply.hang_up_after is not None:
-            self._out.append(EndCall(reply.hang_up_after))
+            if reply.script is None and not record.reply:  # end_call without words: say goodbye
+                self._say(self.config.goodbye, self._now, reply.hang_up_after)
+            else:
+                self._out.append(EndCall(reply.hang_up_after))
+        elif self.tools.follow_up_due(reply):
+            self._follow_up(self._now)
 
     # -- the line --------------------------------------------------------------------------------
     def _feed(self, now: float) -> None:
@@ -463,18 +488,6 @@ class Conversation:
         flushed, self._queued = self._queued, 0
         self._out.append(FlushOutput())
         return flushed
-
-    def _note_stop(
-        self, record: TurnRecord, now: float, onset: tuple[float | None, int | None] | None = None
-    ) -> None:
-        record.stop_decided_at = now
-        record.caller_onset_at, record.caller_onset_rtp_ts = onset or self.listener.run_start
-
-    def _note_first_audio(self, record: TurnRecord, at: float) -> None:
-        record.first_voiced_out_at = at
-        if record.speech_end_at is not None:
-            # The caller's last loud frame ends a frame after its tick.
-            record.latency_ms = (at - record.speech_end_at - FRAME_SECONDS) * 1000
 
     def _take(self) -> list[Command]:
         out, self._out = self._out, []

@@ -11,6 +11,8 @@ import enum
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ...rtp.frames import FRAME_SECONDS
+
 
 class Outcome(enum.Enum):
     """How a turn ended."""
@@ -62,6 +64,18 @@ class TurnRecord:
     holds: int = 0
     #: The end-of-turn model's probability that the turn was complete (at its last pause), if asked.
     turn_complete_probability: float | None = None
+
+    def voiced_out(self, at: float) -> None:
+        """The reply's first voiced frame left at tick ``at``: what the caller waited."""
+        self.first_voiced_out_at = at
+        if self.speech_end_at is not None:
+            # The caller's last loud frame ends a frame after its tick.
+            self.latency_ms = (at - self.speech_end_at - FRAME_SECONDS) * 1000
+
+    def stopped(self, at: float, onset: tuple[float | None, int | None]) -> None:
+        """The line was silenced at ``at`` for caller voice that began at ``onset`` (tick, RTP ts)."""
+        self.stop_decided_at = at
+        self.caller_onset_at, self.caller_onset_rtp_ts = onset
 
     @property
     def interrupted(self) -> bool:

@@ -37,6 +37,7 @@ from ...errors import SipAgentError
 from ...rtp.frames import Pcm
 from ..chunker import SentenceChunker
 from ..jobs import Synthesize
+from ..llm import ToolCall
 from ..playback import Playback
 from ..spoken import SpokenFilter
 from ..tts import trim_leading_silence
@@ -114,6 +115,10 @@ class Reply:
         self.state = _R.SYNTHESIZING if script is not None else _R.TRANSCRIBING
         self.script = script
         self.voice = config.voice
+        #: Tools the model called in this reply, how many were carried out, webhooks still out.
+        self.tool_calls: list[ToolCall] = []
+        self.tools_run = 0
+        self.webhooks = 0
         self._spoken = SpokenFilter()
         self._chunker = SentenceChunker(config.chunker)
         self._chunks: deque[str] = deque(self._chunker.feed(script) + self._chunker.flush() if script else [])
