@@ -28,7 +28,10 @@ from .config_product import (
     LimitsSettings,
     OutboundSettings,
     RouteSettings,
+    ToolSettings,
+    check_route_tools,
     check_routes,
+    check_tools,
 )
 from .config_section import Section
 from .errors import SipAgentError
@@ -435,6 +438,8 @@ class Settings(_Section):
     tts: TtsSettings = Field(default_factory=TtsSettings)  # type: ignore[arg-type]
     agent: AgentSettings = Field(default_factory=AgentSettings)  # type: ignore[arg-type]
     inbound: InboundSettings = Field(default_factory=InboundSettings)
+    #: Webhooks the agent may call (``[[tools]]``); before ``routes``, whose tool lists name them.
+    tools: list[ToolSettings] = Field(default_factory=list)
     routes: list[RouteSettings] = Field(default_factory=list)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)  # type: ignore[arg-type]
@@ -442,6 +447,8 @@ class Settings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     _routes = field_validator("routes")(check_routes)
+    _tools = field_validator("tools")(check_tools)
+    _route_tools = field_validator("routes")(check_route_tools)
 
 
 def _format_errors(error: ValidationError) -> str:

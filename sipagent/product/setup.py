@@ -6,14 +6,28 @@ start-up with a :class:`~sipagent.config.ConfigError` naming its key, like every
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..config import ConfigError, Settings
+from ..config_product import parse_key_action
 from ..model_paths import resolve_model_path
+from ..voice.llm import ToolSpec
 from .limits import LimitsConfig
 from .numbers import NumberError, normalise
 from .policy import InboundPolicy
 from .routes import Route, RouteTable
+from .tools import (
+    END_CALL,
+    SEND_DTMF,
+    TRANSFER_CALL,
+    KeyAction,
+    RouteTools,
+    WebhookTool,
+    end_call_spec,
+    send_dtmf_spec,
+    transfer_call_spec,
+)
 
 
 def _number(value: str, country: str, key: str) -> str:
@@ -100,3 +114,60 @@ def caller_id(settings: Settings) -> str | None:
     if trunk is None or trunk.caller_id is None:
         return None
     return _number(trunk.caller_id, settings.inbound.default_country, "trunk.caller_id")
+
+
+def route_tools(settings: Settings) -> dict[str, RouteTools]:
+    """``[[tools]]`` and each route's ``tools``, ``transfer_targets``, ``keys`` and
+    ``max_tool_calls``, by route name as :func:`route_table` names them (a route missing from the
+    result has no tools: use ``sipagent.product.tools.NO_TOOLS``). Transfer numbers become E.164
+    here; a bad one names its key."""
+    country = settings.inbound.default_country
+    webhooks = {
+        tool.name: WebhookTool(
+            name=tool.name,
+            description=tool.description,
+            parameters=json.dumps(tool.parameters),
+            url=tool.url,
+            method=tool.method,
+            headers=tuple(tool.headers.items()),
+            timeout_s=tool.timeout,
+        )
+        for tool in settings.tools
+    }
+    result: dict[str, RouteTools] = {}
+    for i, entry in enumerate(settings.routes):
+        targets = {
+            name: target if target.lower().startswith(("sip:", "sips:"))
+            else _number(target, country, f"routes[{i}].transfer_targets.{name}")
+            for name, target in entry.transfer_targets.items()
+        }  # fmt: skip
+        specs: list[ToolSpec] = []
+        for name in entry.tools:
+            if name == END_CALL:
+                specs.append(end_call_spec())
+            elif name == SEND_DTMF:
+                specs.append(send_dtmf_spec())
+            elif name == TRANSFER_CALL:
+                spec = transfer_call_spec(list(targets))
+                if spec is not None:  # the settings refuse transfer_call without targets
+                    specs.append(spec)
+            else:
+                specs.append(webhooks[name].spec)
+        keys: dict[str, KeyAction] = {}
+        for key, action in entry.keys.items():
+            kind, argument = parse_key_action(action, key)
+            if kind == "transfer":
+                keys[key] = KeyAction("transfer", target=argument, uri=targets[argument or ""])
+            elif kind == "say":
+                keys[key] = KeyAction("say", text=argument)
+            else:
+                keys[key] = KeyAction("end_call")
+        number = _number(entry.number, country, f"routes[{i}].number") if entry.number else None
+        result[entry.name or number or "default"] = RouteTools(
+            specs=tuple(specs),
+            webhooks={name: webhooks[name] for name in entry.tools if name in webhooks},
+            keys=keys,
+            transfer_targets=targets,
+            max_calls_per_turn=entry.max_tool_calls,
+        )
+    return result
