@@ -46,7 +46,9 @@ class EndpointConfig:
         return f"SIP/2.0/{transport.upper()} {self.public_host}:{port};rport;branch={branch}"
 
 
-ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO")
+#: What we accept. NOTIFY: the reports on our own REFERs. REFER itself is absent: we are never a
+#: transferee (decision 0022), so a REFER sent to us gets 405 with this list.
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO", "NOTIFY")
 SUPPORTED_OPTIONS = frozenset({"timer"})
 
 

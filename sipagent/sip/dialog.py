@@ -38,7 +38,7 @@ class Dialog:
     remote_seq: int | None = None
     #: The transport flow the dialog was set up on. On TCP/TLS in-dialog requests reuse it.
     flow: Address | None = None
-    #: Our Contact, repeated in target-refresh requests and their 2xx.
+    #: Our Contact, repeated in target-refresh requests (and REFER) and their 2xx.
     local_contact: str = ""
 
     @classmethod
@@ -124,7 +124,8 @@ class Dialog:
         headers.add("To", str(self.remote_uri))
         headers.add("Call-ID", self.call_id)
         headers.add("CSeq", f"{seq} {method}")
-        if self.local_contact and method in ("INVITE", "UPDATE"):
+        # Target refreshes carry our Contact; so does REFER, which creates a subscription usage.
+        if self.local_contact and method in ("INVITE", "UPDATE", "REFER"):
             headers.add("Contact", self.local_contact)
         return Request(method=method, uri=request_uri, headers=headers)
 

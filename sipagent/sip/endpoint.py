@@ -13,7 +13,8 @@ Dispatch of a request, in order (RFC 3261 §8.2, §17.2.3, §12.2.2):
 5. CANCEL → 200 and, if the INVITE is still pending, 487 to it; 481 when nothing matches;
 6. Max-Forwards 0 → 483; unsupported ``Require`` → 420 with ``Unsupported``;
 7. with a To tag → the dialog's call (481 if none); otherwise INVITE creates a call (100 Trying
-   at once), OPTIONS gets 200 with Allow, everything else 405/481.
+   at once), OPTIONS gets 200 with Allow, BYE and NOTIFY 481 (no dialog, no subscription),
+   everything else (REFER included: decision 0022) 405 with Allow.
 
 Once a server transaction exists, a request found malformed deeper in (a bad Contact, a tel:
 Request-URI…) is answered through it, so the transaction ends normally. Every INVITE server
@@ -35,6 +36,7 @@ from .errors import LocalProtocolError, RemoteProtocolError
 from .events import Event, IncomingCall
 from .message import Headers, Request, Response, error_response_for, parse_message
 from .offer_answer import MediaSession, NegotiatedMedia
+from .refer import DEFAULT_TRANSFER_TIMEOUT
 from .registration import Registration, RegistrationConfig
 from .session import CallState, InviteSession
 from .transaction import (
@@ -258,6 +260,27 @@ class SipEndpoint:
         """End a call: BYE, CANCEL or a final error, whichever its state calls for."""
         self._call(call_id).hangup(now)
 
+    def refer(
+        self,
+        call_id: str,
+        target: SipUri | str,
+        now: float,
+        *,
+        referred_by: SipUri | None = None,
+        timeout: float = DEFAULT_TRANSFER_TIMEOUT,
+    ) -> None:
+        """Blind-transfer a confirmed call: send REFER with ``Refer-To: <target>``.
+
+        ``target`` is a :class:`SipUri` or the text of a ``sip:``/``sips:``/``tel:`` URI. The
+        outcome comes as events: :class:`~.events.TransferAccepted`, any number of
+        :class:`~.events.TransferProgress`, then :class:`~.events.TransferSucceeded` or
+        :class:`~.events.TransferFailed` (also alone, when the REFER is refused). ``timeout`` is how
+        long after the acceptance a final NOTIFY may take. The call stays up either way: after
+        success the application hangs up. Raises :class:`LocalProtocolError` when the call is not
+        confirmed, already has a transfer under way, or ``target`` is no such URI.
+        """
+        self._call(call_id).refer(target, now, referred_by=referred_by, timeout=timeout)
+
     def invite(
         self,
         target: SipUri,
@@ -455,7 +478,7 @@ class SipEndpoint:
             self._on_new_invite(request, tx, source, now)
         elif request.method == "OPTIONS":
             self.send_response(tx, self._options_response(request), now)
-        elif request.method == "BYE":
+        elif request.method in ("BYE", "NOTIFY"):
             self.send_response(tx, request.response(481), now)
         else:
             response = request.response(405)

@@ -93,6 +93,65 @@ class CallEnded:
 
 
 @dataclass(frozen=True)
+class TransferAccepted:
+    """Our REFER (blind transfer) was accepted: a 2xx to it, or a first NOTIFY that overtook it.
+
+    The transfer is under way, not done: :class:`TransferProgress` may follow, then exactly one of
+    :class:`TransferSucceeded` or :class:`TransferFailed` (unless the call ends first).
+    """
+
+    call_id: str
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    """A NOTIFY reported a provisional status of the transfer target (its sipfrag: 100, 180…)."""
+
+    call_id: str
+    status: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not 100 <= self.status <= 199:
+            raise ValueError(f"TransferProgress needs a 1xx status, got {self.status}")
+
+
+@dataclass(frozen=True)
+class TransferSucceeded:
+    """A NOTIFY reported that the transfer target answered (a 2xx sipfrag).
+
+    The call is still up: the application ends it with ``hangup``, as the transferor does in RFC
+    5589's blind transfer (Twilio expects our BYE once the subscription ends). The core never hangs
+    up by itself.
+    """
+
+    call_id: str
+    status: int
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.status <= 299:
+            raise ValueError(f"TransferSucceeded needs a 2xx status, got {self.status}")
+
+
+@dataclass(frozen=True)
+class TransferFailed:
+    """The transfer did not happen; the call goes on and the caller should be told.
+
+    ``status`` is the final error to our REFER (403, 405, 501…; 408 when it went unanswered),
+    the error a NOTIFY reported (486, 503…), 408 when no final NOTIFY came in time, or 487 when
+    the peer ended the subscription without a final status.
+    """
+
+    call_id: str
+    status: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not 300 <= self.status <= 699:
+            raise ValueError(f"TransferFailed needs a final error status, got {self.status}")
+
+
+@dataclass(frozen=True)
 class RegistrationSucceeded:
     """The registrar accepted (or refreshed) our binding for ``expires`` seconds."""
 
@@ -119,6 +178,10 @@ Event = (
     | MediaUpdated
     | CallFailed
     | CallEnded
+    | TransferAccepted
+    | TransferProgress
+    | TransferSucceeded
+    | TransferFailed
     | RegistrationSucceeded
     | RegistrationFailed
 )

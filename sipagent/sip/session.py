@@ -17,6 +17,8 @@ UAS
   is unanswered, 500 with Retry-After (§14.2).
 
 UAC: see :mod:`.session_uac` (challenges, CANCEL rules, 422). Shared state: :mod:`.session_core`.
+Blind transfer (our REFER, the NOTIFYs about it): :mod:`.session_refer`; a REFER sent to us gets
+405, as every method we do not take does.
 
 Both
 * session timers: the refresher sends a re-INVITE (or UPDATE when the peer allows it) at half the
@@ -36,6 +38,7 @@ from .events import (
 from .message import Request, Response
 from .offer_answer import NegotiatedMedia
 from .session_core import IN_PROGRESS, SDP_TYPE, CallState, PendingOffer
+from .session_refer import ReferSession
 from .session_uac import UacSession
 from .transaction import (
     ClientTransaction,
@@ -46,15 +49,17 @@ from .transaction import (
 __all__ = ["SDP_TYPE", "CallState", "InviteSession"]
 
 
-class InviteSession(UacSession):
+class InviteSession(UacSession, ReferSession):
     """A call: its dialog, its media negotiation and its INVITE transactions."""
 
     # ------------------------------------------------------------------ timers
     def get_timer(self) -> float | None:
-        """The session's own deadline (CANCEL give-up, session refresh/expiry, glare retry)."""
+        """The session's own deadline (CANCEL give-up, session refresh/expiry, glare retry,
+        a transfer's wait for its final NOTIFY)."""
         if self.state in (CallState.INITIAL, CallState.EARLY):
             return self._cancel_deadline
-        deadlines = [d for d in (self.timer.deadline, self._glare_retry_at) if d is not None]
+        candidates = (self.timer.deadline, self._glare_retry_at, self._transfer_deadline())
+        deadlines = [d for d in candidates if d is not None]
         if self.state is not CallState.CONFIRMED:
             return None
         return min(deadlines) if deadlines else None
@@ -72,6 +77,7 @@ class InviteSession(UacSession):
         if self._glare_retry_at is not None and now >= self._glare_retry_at:
             self._glare_retry_at = None
             self._send_refresh(now)
+        self._run_transfer_timers(now)
         action = self.timer.due(now)
         if action == "refresh":
             self._send_refresh(now)
@@ -239,7 +245,10 @@ class InviteSession(UacSession):
             self._on_update(request, tx, now)
         elif method in ("OPTIONS", "INFO"):
             self._respond(tx, request.response(200), now)
+        elif method == "NOTIFY":
+            self._on_notify(request, tx, now)
         else:
+            # REFER among them: we are never a transferee (decision 0022).
             response = request.response(405)
             response.headers.set("Allow", ", ".join(ALLOWED_METHODS))
             self._respond(tx, response, now)

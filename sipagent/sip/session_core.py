@@ -13,6 +13,7 @@ from .errors import RemoteProtocolError
 from .events import CallEnded
 from .message import Request, Response
 from .offer_answer import MediaSession, NegotiatedMedia
+from .refer import Transfer
 from .sdp import SessionDescription, parse_sdp
 from .session_timer import SessionTimer
 from .transaction import (
@@ -88,6 +89,8 @@ class SessionCore:
         self._local_reinvite: ClientTransaction | None = None
         self._glare_retry_at: float | None = None
         self._bye_tx: ClientTransaction | None = None
+        #: Our REFERs in this dialog, oldest first (blind transfers, :mod:`.session_refer`).
+        self._transfers: list[Transfer] = []
 
     # -- TransactionOwner: the full session routes responses to the role that sent the request --
     def on_response(self, transaction: ClientTransaction, response: Response, now: float) -> None:
