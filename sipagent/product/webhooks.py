@@ -101,6 +101,7 @@ class WebhookRunner:
         """``environ``: where header values are read (default: the live ``os.environ``);
         ``transport``: for tests."""
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        _hide_httpx_queries()
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             # A redirect could carry the headers' secrets somewhere the configuration never named.
@@ -172,6 +173,25 @@ class WebhookRunner:
     async def aclose(self) -> None:
         """Close the pooled connections."""
         await self._client.aclose()
+
+
+class _HideQueries(logging.Filter):
+    """Drops the query from httpx's own "HTTP Request: GET <url>" line (INFO): a GET tool's query
+    is its arguments, which are logged only masked (phone numbers, tokens)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], httpx.URL) and args[1].query:
+            record.args = (args[0], args[1].copy_with(query=None), *args[2:])
+        return True
+
+
+def _hide_httpx_queries() -> None:
+    # httpx logs every request's full URL on the logger "httpx"; the filter is added once, and
+    # changes nothing for URLs without a query (the control API client's, the LLM client's).
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(existing, _HideQueries) for existing in logger.filters):
+        logger.addFilter(_HideQueries())
 
 
 def missing_environment(tools: Iterable[WebhookTool], environ: Mapping[str, str] | None = None) -> list[str]:
