@@ -123,6 +123,15 @@ def test_the_transfer_enum_is_each_routes_own_targets(tmp_path: Path) -> None:
     assert isinstance(refused, str) and "'operator' is not one of ['sales', 'support']" in refused
 
 
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "tools.md").read_text()
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
+    shop = route_tools(_load(tmp_path, example))["shop"]
+    assert shop.names == ("lookup_order", "book_callback", "transfer_call", "end_call")
+    assert shop.webhooks["book_callback"].method == "POST"
+    assert set(shop.keys) == {"0", "9", "*"}
+
+
 def test_no_tools_by_default(tmp_path: Path) -> None:
     settings = _load(tmp_path, '[[routes]]\nnumber = "+15550001111"\n')
     assert route_tools(settings)["+15550001111"] == NO_TOOLS
