@@ -58,6 +58,7 @@ MAX_REASON_CHARS = 200
 #: the call, short enough not to crowd the context of a small model.
 _MAX_ERRORS = 3
 _MAX_ERROR_CHARS = 200
+_MAX_VALUE_CHARS = 40
 #: No remote ``$ref`` is ever fetched (the configuration check refuses them, and this registry, with
 #: only the meta-schemas jsonschema bundles, could not resolve one anyway).
 _NO_RETRIEVAL: referencing.Registry[Any] = referencing.Registry()
@@ -247,7 +248,14 @@ def check_arguments(spec: ToolSpec, arguments: Mapping[str, Any]) -> str | None:
     problems = []
     for error in errors[:_MAX_ERRORS]:
         where = ".".join(str(part) for part in error.path)
-        message = _cut(error.message, _MAX_ERROR_CHARS)
+        # jsonschema's messages open with the value's repr: shorten a long value, keep why it failed.
+        value = repr(error.instance)
+        message = (
+            error.message.replace(value, _cut(value, _MAX_VALUE_CHARS))
+            if len(value) > _MAX_VALUE_CHARS
+            else error.message
+        )
+        message = _cut(message, _MAX_ERROR_CHARS)
         problems.append(f"{where}: {message}" if where else message)
     more = f" (and {len(errors) - _MAX_ERRORS} more)" if len(errors) > _MAX_ERRORS else ""
     return (
