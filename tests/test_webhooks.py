@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from sipagent.product.tools import WebhookTool
+from sipagent.product.tools import END_CALL, KeyAction, RouteTools, WebhookTool, end_call_spec
 from sipagent.product.webhooks import (
     MAX_CONTENT_CHARS,
     MAX_RESPONSE_BYTES,
@@ -29,6 +29,7 @@ from sipagent.product.webhooks import (
     masked_arguments,
     missing_environment,
 )
+from sipagent.voice.llm import ToolCall
 
 SECRET = "Bearer sk_live_4f9a1c77e2"
 ENV = {"ORDERS_AUTH": SECRET, "ORDERS_TENANT": "acme"}
@@ -364,6 +365,47 @@ async def test_connection_refused_is_an_error_outcome() -> None:
     assert not outcome.ok and outcome.status is None
     assert outcome.content == "The lookup_order service could not be reached."
     assert (outcome.error or "").startswith("ConnectError")
+
+
+async def test_a_tool_call_runs_end_to_end_on_its_route(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sipagent.tools")
+    tool = service.tool()
+    tools = RouteTools(specs=(end_call_spec(), tool.spec), webhooks={tool.name: tool})
+    runner = service.runner
+    good = await runner.run_call(tools, ToolCall("t1", "lookup_order", '{"order_id": "AB12CD"}'), call_id="c")
+    assert good.ok and json.loads(good.content)["got"] == {"order_id": "AB12CD"}
+    bad_json = await runner.run_call(tools, ToolCall("t2", "lookup_order", '{"order_id": '), call_id="c")
+    assert not bad_json.ok and "not valid JSON" in bad_json.content
+    wrong = ToolCall("t3", "lookup_order", '{"order_id": "AB12CD", "phone": "+15551234567", "x": 1}')
+    bad_args = await runner.run_call(tools, wrong, call_id="c")
+    assert not bad_args.ok and bad_args.error == "invalid arguments (not sent)"
+    unknown = await runner.run_call(tools, ToolCall("t4", "drop_tables", "{}"), call_id="c")
+    assert (
+        not unknown.ok
+        and "no tool named 'drop_tables'" in unknown.content
+        and "lookup_order" in unknown.content
+    )
+    # A built-in is the conversation's to carry out, never a request.
+    builtin = await runner.run_call(tools, ToolCall("t5", END_CALL, "{}"), call_id="c")
+    assert not builtin.ok and builtin.error == "unknown tool 'end_call'"
+    assert len(service.seen.requests) == 1
+    assert "(not a JSON object)" in caplog.text and "+*******4567" in caplog.text
+    assert "15551234567" not in caplog.text
+
+
+def test_key_actions_read_back_as_written() -> None:
+    keys = {
+        "0": KeyAction("transfer", target="sales", uri="+15550001234"),
+        "9": KeyAction("end_call"),
+        "*": KeyAction("say", text="Open nine to five."),
+    }
+    assert RouteTools(keys=keys).key_actions == (
+        ("0", "transfer:sales"),
+        ("9", "end_call"),
+        ("*", "say:Open nine to five."),
+    )
 
 
 def test_arguments_are_masked_for_the_log() -> None:

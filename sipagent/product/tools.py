@@ -161,6 +161,14 @@ class KeyAction:
     #: ``say``: the text spoken.
     text: str | None = None
 
+    @property
+    def action(self) -> str:
+        """The action as the configuration writes it (``transfer:sales``, ``end_call``,
+        ``say:<text>``), the form ``ConversationConfig.keys`` takes."""
+        if self.kind == "transfer":
+            return f"transfer:{self.target}"
+        return f"say:{self.text}" if self.kind == "say" else "end_call"
+
 
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping))
@@ -191,6 +199,11 @@ class RouteTools:
     def names(self) -> tuple[str, ...]:
         """The tools the model may call."""
         return tuple(spec.name for spec in self.specs)
+
+    @property
+    def key_actions(self) -> tuple[tuple[str, str], ...]:
+        """The keypad menu as (key, action) pairs, for ``ConversationConfig.keys``."""
+        return tuple((key, action.action) for key, action in self.keys.items())
 
     def spec(self, name: str) -> ToolSpec | None:
         """The spec of a tool the model may call, by name (None: not one of this route's)."""

@@ -38,8 +38,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ..voice.llm import ToolCall
 from .numbers import mask
-from .tools import WebhookTool, check_arguments
+from .tools import RouteTools, WebhookTool, check_arguments, validate_arguments
 
 __all__ = [
     "MAX_CONTENT_CHARS",
@@ -116,6 +117,30 @@ class WebhookRunner:
         outcome = await self._run(tool, arguments, call_id, started)
         _log_outcome(tool, arguments, call_id, outcome)
         return outcome
+
+    async def run_call(self, tools: RouteTools, call: ToolCall, *, call_id: str) -> ToolOutcome:
+        """A tool call the model made on a route (the conversation's ``RunTool``), end to end: the
+        route's webhook of that name, its JSON arguments parsed and checked, then :meth:`run`. A
+        name that is not one of the route's webhooks (a built-in included: the conversation
+        carries those out) or arguments that do not fit are error outcomes; nothing is sent."""
+        started = time.perf_counter()
+        tool = tools.webhooks.get(call.name)
+        if tool is None:
+            names = ", ".join(tools.webhooks) or "none"
+            content = f"There is no tool named {call.name!r} to run here. The tools that run are: {names}."
+            outcome = ToolOutcome(
+                False, _trim(content), None, _ms_since(started), f"unknown tool {call.name!r}"
+            )
+            log.info("tool %s (call %s): failed (%s)", call.name[:64], call_id, outcome.error)
+            return outcome
+        arguments = validate_arguments(tool.spec, call.arguments)
+        if isinstance(arguments, str):
+            outcome = ToolOutcome(
+                False, _trim(arguments), None, _ms_since(started), "invalid arguments (not sent)"
+            )
+            _log_outcome(tool, _object_or_none(call.arguments), call_id, outcome)
+            return outcome
+        return await self.run(tool, arguments, call_id=call_id)
 
     async def _run(
         self, tool: WebhookTool, arguments: Mapping[str, Any], call_id: str, started: float
@@ -302,9 +327,26 @@ def masked_arguments(value: Any, key: str = "") -> Any:
     return value
 
 
-def _log_outcome(tool: WebhookTool, arguments: Mapping[str, Any], call_id: str, outcome: ToolOutcome) -> None:
+def _object_or_none(text: str) -> dict[str, Any] | None:
+    """The arguments as a JSON object, to log them masked; None when they are not one."""
     try:
-        shown = json.dumps(masked_arguments(arguments), ensure_ascii=False)
+        value = json.loads(text or "{}")
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _log_outcome(
+    tool: WebhookTool, arguments: Mapping[str, Any] | None, call_id: str, outcome: ToolOutcome
+) -> None:
+    """``arguments`` None: they did not parse as a JSON object (their text is not logged: it may hold
+    anything, unmasked)."""
+    try:
+        shown = (
+            "(not a JSON object)"
+            if arguments is None
+            else json.dumps(masked_arguments(arguments), ensure_ascii=False)
+        )
     except (TypeError, ValueError):
         shown = "(arguments that are not JSON)"
     # The URL without its query: a GET's query is the arguments, logged masked above.
