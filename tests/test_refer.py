@@ -451,16 +451,18 @@ def test_an_unreadable_notify_that_ends_the_subscription_fails_the_transfer() ->
     )
 
 
-def test_notify_outside_any_dialog_gets_481() -> None:
+@pytest.mark.parametrize(("method", "status"), [("NOTIFY", 481), ("REFER", 405)])
+def test_notify_and_refer_outside_any_dialog_are_refused(method: str, status: int) -> None:
     net = Network(Link(latency=0.01))
     bob = Node(BOB, seed=2)
     peer = Peer(CARRIER)
     net.add(bob, peer)
     dialog = RawDialog(me=CARRIER, target="sip:sipagent@192.0.2.2")
-    notify = dialog.request("NOTIFY", headers=[("Event", "refer"), ("Subscription-State", "active")])
-    peer.send(notify, BOB)
+    headers = [("Event", "refer"), ("Subscription-State", "active"), ("Refer-To", "<sip:x@198.51.100.9>")]
+    peer.send(dialog.request(method, headers=headers), BOB)
     net.run(until=1.0)
-    assert [r.status for r in peer.responses()] == [481]
+    assert [r.status for r in peer.responses()] == [status]
+    assert bob.events == []
 
 
 # ---------------------------------------------------------------------------------------------
