@@ -181,12 +181,12 @@ class RouteTools:
     #: The specs given to the model, in the order the route lists them (built-ins included).
     specs: tuple[ToolSpec, ...] = ()
     #: The route's webhooks by name (the ones it lists, not every ``[[tools]]`` table).
-    webhooks: Mapping[str, WebhookTool] = field(default_factory=lambda: _frozen({}))
+    webhooks: Mapping[str, WebhookTool] = field(default_factory=dict)
     #: Keypad key ('0'-'9', '*', '#') → what it does.
-    keys: Mapping[str, KeyAction] = field(default_factory=lambda: _frozen({}))
+    keys: Mapping[str, KeyAction] = field(default_factory=dict)
     #: Transfer target name → E.164 number or SIP URI (for the keypad even when the model has no
     #: ``transfer_call``).
-    transfer_targets: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
+    transfer_targets: Mapping[str, str] = field(default_factory=dict)
     #: Most tool calls the model may make in one turn; past it, the turn must end in words.
     max_calls_per_turn: int = 3
 
