@@ -1,5 +1,15 @@
 """llama.cpp in this process: one GGUF model shared by every call, a KV cache per call (see
-:mod:`.llm`'s docstring for how the cache is kept, and why the chat template must be known)."""
+:mod:`.llm`'s docstring for how the cache is kept, and why the chat template must be known).
+
+Tools (decision 0021): speak first, then decide. The tools are described at the end of the system
+prompt (:func:`.llm_tools.text_messages`; no chat template we ship knows tools) and the speech streams
+exactly as without tools, through a guard that keeps call syntax from being spoken. Once it ends, a
+short question about the caller's last words is evaluated after it and the answer is sampled
+greedily under a llama.cpp grammar: a tool's name or ``none``, then the arguments under the tool's
+JSON Schema. So the first words come as fast as without tools, the decision costs a few tokens
+while the words already play, and a call's name and arguments are always well formed. The system
+prompt with the tools is evaluated once per tool set and kept, like the default one.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +20,33 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Generator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULT_SYSTEM_PROMPT
-from .llm import ChatSession, ChatTemplateError, LlmError, TurnStats, _ChatBase, _Snapshot
+from .llm import (
+    ChatSession,
+    ChatTemplateError,
+    LlmError,
+    ReplyPart,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    TurnStats,
+    _ChatBase,
+    _Snapshot,
+)
+from .llm_tools import (
+    ToolSyntaxGuard,
+    arguments_schema,
+    decision_grammar,
+    decision_question,
+    new_call_id,
+    text_messages,
+)
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -24,6 +55,12 @@ if TYPE_CHECKING:
     from ..config import LlmSettings
 
 _log = logging.getLogger("sipagent.voice.llm")
+
+#: System prompts with tools whose KV cells are kept (a few MB each for a small model; one per
+#: tool set in use, most deployments have one or two).
+_TOOL_BASES = 4
+#: Tokens at most for a call's arguments (a name, a number, a few digits).
+_MAX_ARGUMENT_TOKENS = 64
 
 
 #: llama-cpp-python's built-in formats usable as ``chat_format`` (name → formatter function).
@@ -181,6 +218,7 @@ class LlamaCppChat(_ChatBase):
         self._lock = threading.Lock()
         self._owner: ChatSession | None = None
         self._base: _Snapshot | None = None
+        self._tool_bases: OrderedDict[tuple[int, ...], _Snapshot] = OrderedDict()
         self._warm_up(system_prompt)
         _log.info("loaded %s in %.2f s (%d threads)", model_path.name, time.perf_counter() - started, threads)
 
@@ -208,11 +246,12 @@ class LlamaCppChat(_ChatBase):
         """Free the model (every session becomes unusable)."""
         with self._lock:
             self._owner, self._base = None, None
+            self._tool_bases.clear()
             self._llama.close()
 
     # -- tokens and KV state ---------------------------------------------------------------------
 
-    def _render(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
+    def _render(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[str]]:
         """Prompt tokens and the format's stop strings."""
         response = self._formatter(messages=messages)  # type: ignore[arg-type]
         prompt = response.prompt.encode("utf-8")
@@ -220,10 +259,10 @@ class LlamaCppChat(_ChatBase):
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         return self._llama.tokenize(prompt, add_bos=not response.added_special, special=True), stops
 
-    def _prompt(self, session: ChatSession) -> tuple[list[int], list[str]]:
+    def _prompt(self, session: ChatSession, tools: Sequence[ToolSpec] = ()) -> tuple[list[int], list[str]]:
         """The session's prompt, forgetting its oldest exchanges if the context is full."""
         while True:
-            tokens, stops = self._render(session.messages())
+            tokens, stops = self._render(text_messages(session.system_prompt, session.history, tools))
             if len(tokens) + self.max_tokens <= self._n_ctx:
                 return tokens, stops
             if not session._drop_oldest_exchange():
@@ -294,7 +333,7 @@ class LlamaCppChat(_ChatBase):
             owner._snapshot = self._save()
         keep = _common_prefix(self._cached(), prompt[:-1])  # what Llama.generate would reuse as is
         best: _Snapshot | None = None
-        for snapshot in (session._snapshot, self._base):
+        for snapshot in (session._snapshot, self._base, *self._tool_bases.values()):
             if snapshot is not None:
                 reuse = _common_prefix(snapshot.tokens, prompt[:-1])
                 if reuse > keep:
@@ -304,7 +343,23 @@ class LlamaCppChat(_ChatBase):
         self._owner = session
         # The cache is about to move on from any snapshot this call had; drop it (memory).
         session._snapshot = None
+        if best is not None and tuple(best.tokens) in self._tool_bases:
+            self._tool_bases.move_to_end(tuple(best.tokens))
         return best is not None
+
+    def _keep_system_prefix(self, session: ChatSession, prompt: list[int], tools: Sequence[ToolSpec]) -> None:
+        """The first call with a tool set evaluates its system prompt alone and keeps the cells, so
+        the next call with the same tools starts from them as calls without tools do from the
+        default prompt's (see :meth:`_warm_up`)."""
+        system, _ = self._render(text_messages(session.system_prompt, (), tools))
+        shared = _common_prefix(system, prompt)
+        if _common_prefix(self._cached(), prompt[:-1]) >= shared:
+            return  # the cache holds it already (this call's own history, or a kept prompt)
+        self._llama.n_tokens = _common_prefix(self._cached(), system)
+        self._llama.eval(system[self._llama.n_tokens :])
+        self._tool_bases[tuple(system)] = self._save()
+        while len(self._tool_bases) > _TOOL_BASES:
+            self._tool_bases.popitem(last=False)
 
     def _release(self, session: ChatSession) -> None:
         with self._lock:
@@ -312,50 +367,172 @@ class LlamaCppChat(_ChatBase):
                 self._owner = None
 
     def _stream(self, session: ChatSession, cancel: threading.Event | None) -> Generator[str, None, None]:
-        import llama_cpp
-
         started = time.perf_counter()
         with self._lock:
-            prompt, stops = self._prompt(session)
-            restored = self._activate(session, prompt)
-            cached = _common_prefix(self._cached(), prompt[:-1])
-            decoded_before = self._decoded_count()
-            evaluated: int | None = None
-            first_token_s: float | None = None
-            generated = 0
-            cancelled = cancel is not None and cancel.is_set()
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            stopper = _StopFilter(stops)
-            tokens = self._llama.generate(
-                prompt, temp=self.temperature, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1
+            yield from self._speak(session, cancel, (), started)
+
+    def _speak(
+        self,
+        session: ChatSession,
+        cancel: threading.Event | None,
+        tools: Sequence[ToolSpec],
+        started: float,
+    ) -> Generator[str, None, None]:
+        """The reply's words, streamed (the model lock is held by the caller; ``started`` is when the
+        reply was asked for, before waiting for the lock)."""
+        import llama_cpp
+
+        prompt, stops = self._prompt(session, tools)
+        restored = self._activate(session, prompt)
+        cached = _common_prefix(self._cached(), prompt[:-1])
+        decoded_before = self._decoded_count()
+        if tools:
+            self._keep_system_prefix(session, prompt, tools)
+        evaluated: int | None = None
+        first_token_s: float | None = None
+        generated = 0
+        cancelled = cancel is not None and cancel.is_set()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stopper = _StopFilter(stops)
+        tokens = self._llama.generate(
+            prompt, temp=self.temperature, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1
+        )
+        try:
+            for token in [] if cancelled else tokens:
+                if evaluated is None:
+                    # Only the prompt has been through the model when the first token arrives.
+                    evaluated = self._decoded_count() - decoded_before
+                    first_token_s = time.perf_counter() - started
+                if llama_cpp.llama_vocab_is_eog(self._llama._model.vocab, token):
+                    break
+                generated += 1
+                piece = stopper.push(decoder.decode(self._llama.detokenize([token])))
+                if piece:
+                    yield piece
+                if stopper.stopped or generated >= self.max_tokens:
+                    break
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                    break
+            if not cancelled and not stopper.stopped:
+                tail = stopper.push(decoder.decode(b"", final=True)) + stopper.flush()
+                if tail:
+                    yield tail
+        finally:
+            tokens.close()
+            elapsed = time.perf_counter() - started
+            session.last_stats = TurnStats(
+                len(prompt), cached, evaluated, generated, first_token_s, elapsed, cancelled, restored
             )
+
+    def _stream_tools(
+        self,
+        session: ChatSession,
+        cancel: threading.Event | None,
+        tools: tuple[ToolSpec, ...],
+        tool_choice: ToolChoice,
+    ) -> Generator[ReplyPart, None, None]:
+        """Speak, then decide on a call (see the module docstring)."""
+        started = time.perf_counter()
+        with self._lock:
+            guard = ToolSyntaxGuard(tools)
+            speech: list[str] = []
+            words = self._speak(session, cancel, tools, started)
             try:
-                for token in [] if cancelled else tokens:
-                    if evaluated is None:
-                        # Only the prompt has been through the model when the first token arrives.
-                        evaluated = self._decoded_count() - decoded_before
-                        first_token_s = time.perf_counter() - started
-                    if llama_cpp.llama_vocab_is_eog(self._llama._model.vocab, token):
-                        break
-                    generated += 1
-                    piece = stopper.push(decoder.decode(self._llama.detokenize([token])))
-                    if piece:
-                        yield piece
-                    if stopper.stopped or generated >= self.max_tokens:
-                        break
-                    if cancel is not None and cancel.is_set():
-                        cancelled = True
-                        break
-                if not cancelled and not stopper.stopped:
-                    tail = stopper.push(decoder.decode(b"", final=True)) + stopper.flush()
-                    if tail:
-                        yield tail
+                for piece in words:
+                    if spoken := guard.push(piece):
+                        speech.append(spoken)
+                        yield spoken
             finally:
-                tokens.close()
-                elapsed = time.perf_counter() - started
-                session.last_stats = TurnStats(
-                    len(prompt), cached, evaluated, generated, first_token_s, elapsed, cancelled, restored
-                )
+                words.close()
+            stats = session.last_stats
+            if stats is None or stats.cancelled:
+                return  # a cancelled reply calls nothing
+            if tail := guard.flush():
+                speech.append(tail)
+                yield tail
+            # A model that wrote a call itself (a bigger one, knowing <tool_call>) is taken at its word.
+            calls = [c for c in guard.calls if tool_choice in ("auto", "required", c.name)]
+            if not calls:
+                decided = self._decide(session, "".join(speech).strip(), tools, tool_choice, cancel)
+                calls = [decided] if decided is not None else []
+            session.last_stats = replace(
+                stats, total_s=time.perf_counter() - started, cancelled=cancel is not None and cancel.is_set()
+            )
+            if not session.last_stats.cancelled:
+                yield from calls
+
+    def _decide(
+        self,
+        session: ChatSession,
+        speech: str,
+        tools: Sequence[ToolSpec],
+        tool_choice: ToolChoice,
+        cancel: threading.Event | None,
+    ) -> ToolCall | None:
+        """Ask which action the caller's last words call for, after the speech; a grammar keeps the
+        answer to a tool's name (or ``none``) and then to the tool's arguments."""
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        history = session.history
+        messages = text_messages(session.system_prompt, history, tools)
+        messages += [
+            {"role": "assistant", "content": speech},
+            {"role": "user", "content": decision_question(history, tools)},
+        ]
+        prompt, _ = self._render(messages)
+        if len(prompt) + _MAX_ARGUMENT_TOKENS + 8 > self._n_ctx:
+            _log.warning("no room left in n_ctx %d to decide on a tool call", self._n_ctx)
+            return None
+        if tool_choice in ("auto", "required"):
+            grammar = LlamaGrammar.from_string(
+                decision_grammar(tools, required=tool_choice == "required"), verbose=False
+            )
+            name = self._constrained(prompt, grammar, 16, cancel)
+        else:
+            name = tool_choice
+        tool = next((t for t in tools if t.name == name), None)
+        if tool is None:
+            return None  # "none", or stopped by a cancel
+        schema = arguments_schema(tool)
+        arguments = "{}"
+        if schema is not None:
+            # The answer so far is the name; the arguments follow it on the same line.
+            head = self._llama.tokenize((name + " ").encode("utf-8"), add_bos=False, special=False)
+            grammar = _schema_grammar(schema)
+            arguments = self._constrained(prompt + head, grammar, _MAX_ARGUMENT_TOKENS, cancel).strip()
+        return ToolCall(new_call_id(), tool.name, arguments)
+
+    def _constrained(
+        self, prompt: list[int], grammar: Any, max_tokens: int, cancel: threading.Event | None
+    ) -> str:
+        """Greedy text under ``grammar`` after ``prompt``: a decision is the model's most likely
+        answer, never a dice roll (a false end_call hangs up on the caller)."""
+        import llama_cpp
+
+        out: list[int] = []
+        tokens = self._llama.generate(prompt, temp=0.0, repeat_penalty=1.0, grammar=grammar)
+        try:
+            for token in tokens:
+                if llama_cpp.llama_vocab_is_eog(self._llama._model.vocab, token) or len(out) >= max_tokens:
+                    break
+                out.append(token)
+                if cancel is not None and cancel.is_set():
+                    return ""
+        finally:
+            tokens.close()
+        return self._llama.detokenize(out).decode("utf-8", "replace")
+
+
+def _schema_grammar(schema: str) -> Any:
+    """A grammar for ``schema``; any JSON object if llama.cpp's converter cannot read it."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_json_schema(schema, verbose=False)
+    except Exception as exc:  # the converter raises bare exceptions on schema features it lacks
+        _log.warning("tool arguments schema not usable as a grammar (%s); any JSON object instead", exc)
+        return LlamaGrammar.from_json_schema('{"type": "object"}', verbose=False)
 
 
 __all__ = ["LlamaCppChat"]
