@@ -167,6 +167,16 @@ class Call:
         self.agent.say(text, interrupt=interrupt, hang_up_after=hang_up_after)
         return True
 
+    def tool_result(self, call_id: str, content: str) -> None:
+        """A tool's result for the conversation (dropped when the call has none)."""
+        if self.agent is not None:
+            self.agent.tool_result(call_id, content)
+
+    def transfer_failed(self, reason: str) -> None:
+        """A transfer did not happen: the conversation tells the caller."""
+        if self.agent is not None:
+            self.agent.transfer_failed(reason)
+
     def send_dtmf(self, digits: str) -> bool:
         """Send ``digits`` as RFC 4733 events, one after another; False without a negotiated
         telephone-event payload (or media)."""

@@ -15,7 +15,6 @@ import ipaddress
 import logging
 import os
 import ssl
-from dataclasses import replace
 
 from .api.config import ApiConfig
 from .api.server import ApiServer
@@ -30,22 +29,20 @@ from .layers import (
 )
 from .net.media_clock import MediaClock
 from .net.media_sockets import PortRangeExhausted
-from .net.sip_resolver import SipResolver, TrunkResolutionError
-from .net.sip_transport import SipNetwork, _is_ip, default_local_address
+from .net.sip_resolver import SipResolver
+from .net.sip_transport import SipNetwork, default_local_address
 from .product.control import ControlError
 from .product.limits import CallAdmission
-from .product.service import Dial, PhoneService
-from .product.setup import caller_id, inbound_policy, limits_config, route_table
+from .product.service import PhoneService
+from .product.setup import caller_id, inbound_policy, limits_config, route_table, route_tools
 from .product.trunks import (
     TrunkProfileError,
     allow_from_for,
-    caller_identity_headers,
     check_trunk_uri,
     profile_for,
-    request_uri_for_number,
-    transports_for,
 )
-from .sip.address import Address, Transport, uri_address
+from .product.webhooks import WebhookRunner, missing_environment
+from .sip.address import uri_address
 from .sip.context import EndpointConfig
 from .sip.digest import Credentials
 from .sip.endpoint import SipEndpoint
@@ -61,11 +58,13 @@ from .sip.events import (
     MediaUpdated,
     RegistrationFailed,
     RegistrationSucceeded,
+    TransferFailed,
+    TransferSucceeded,
 )
 from .sip.registration import RegistrationConfig
 from .sip.session import CallState
 from .sip.uri import SipUri
-from .voice.conversation import ConversationConfig
+from .telephony import SipTelephony
 from .voice.inference import Inference
 
 log = logging.getLogger("sipagent")
@@ -121,8 +120,11 @@ class Server:
                 f"invalid configuration:\n  outbound.route: no route {settings.outbound.route!r}"
             )
         self.caller_id = caller_id(settings)
+        #: The narrow door the product layer goes through (telephony.py).
+        self.telephony = SipTelephony(self)
+        tools = route_tools(settings)
         self.service = PhoneService(
-            self,
+            self.telephony,
             policy=inbound_policy(settings),
             routes=routes,
             admission=CallAdmission(limits_config(settings)),
@@ -130,7 +132,12 @@ class Server:
             outbound_disclosure=settings.outbound.disclosure,
             outbound_route=outbound_route,
             goodbye=settings.limits.goodbye,
+            tools=tools,
+            webhooks=WebhookRunner(),
         )
+        webhooks = {tool.name: tool for route in tools.values() for tool in route.webhooks.values()}
+        for problem in missing_environment(webhooks.values()):
+            log.warning("tools: %s", problem)
         self.api: ApiServer | None = None
         #: RFC 3263 lookups of trunk host names (NAPTR, SRV, A), cached by their TTL.
         self.resolver = SipResolver()
@@ -237,7 +244,7 @@ class Server:
             aor = SipUri.parse(trunk.aor) if trunk.aor else SipUri(host=registrar.host, user=trunk.username)
             outbound_proxy = SipUri.parse(trunk.outbound_proxy) if trunk.outbound_proxy else None
             try:
-                destination = await self._locate(outbound_proxy or registrar)
+                destination = await self.telephony.locate(outbound_proxy or registrar)
             except ControlError as exc:  # no DNS answer: the transport tries the name itself
                 log.warning("registrar: %s", exc)
                 destination = None
@@ -277,6 +284,7 @@ class Server:
             await self.api.stop()
             self.api = None
         self.service.book.close()
+        await self.service.webhooks.aclose()
         for task in list(self._tasks):
             task.cancel()
         for call in list(self.calls.values()):
@@ -335,6 +343,12 @@ class Server:
             status = event.status if isinstance(event, CallFailed) else None
             by_remote = isinstance(event, CallEnded) and event.by_remote
             self.service.ended(event.call_id, status=status, reason=event.reason, by_remote=by_remote)
+        elif isinstance(event, TransferSucceeded):
+            log.info("call %s: transfer succeeded (%d)", event.call_id, event.status)
+            self.service.transfer_succeeded(event.call_id)
+        elif isinstance(event, TransferFailed):
+            log.info("call %s: transfer failed: %d %s", event.call_id, event.status, event.reason)
+            self.service.transfer_failed(event.call_id, event.status, event.reason)
         elif isinstance(event, RegistrationSucceeded):
             log.info("registered %s for %d s", event.aor, event.expires)
             self.registered.set()
@@ -405,109 +419,6 @@ class Server:
         if media is not None:
             call.apply(media)
         self.network.pump()
-
-    # -- Telephony (what the phone service asks of SIP and media) --------------------------------
-    @property
-    def base_conversation(self) -> ConversationConfig | None:
-        """Each call's conversation defaults (None in echo mode)."""
-        return self.call_options.conversation if self.settings.mode == "agent" else None
-
-    def call(self, call_id: str) -> Call | None:
-        return self.calls.get(call_id)
-
-    def hang_up(self, call_id: str) -> None:
-        self._hangup(call_id)
-
-    def outbound_target(self, number: str) -> Dial:
-        """A number goes to the trunk, as its profile wants the Request-URI."""
-        trunk = self.settings.trunk
-        if trunk is None:
-            raise ControlError(
-                "a phone number is dialled through a trunk, and none is configured ([trunk]); "
-                "dial a SIP URI instead",
-                field="target",
-            )
-        try:
-            target = request_uri_for_number(self.profile, SipUri.parse(trunk.uri), number)
-        except TrunkProfileError as exc:
-            raise ControlError(str(exc), field="target") from None
-        return Dial(target, None, None)
-
-    def caller_identity(self, dial: Dial, caller_id: str | None) -> Dial:
-        """From (and P-Asserted-Identity where the profile uses it) for ``caller_id``, else the
-        trunk's, else the endpoint's own ``sip:sipagent@host``."""
-        number = caller_id or self.caller_id
-        if number is None:
-            return dial
-        trunk = self.settings.trunk
-        assert self.endpoint is not None
-        # Carriers read only the user part; register mode names the trunk's domain, static ours.
-        registered = trunk is not None and trunk.mode == "register"
-        host = SipUri.parse(trunk.uri).host if registered and trunk else self.endpoint.config.public_host
-        try:
-            from_uri, name, headers = caller_identity_headers(
-                self.profile, number, trunk.caller_name if trunk is not None else None, host
-            )
-        except TrunkProfileError as exc:
-            raise ControlError(str(exc), field="from") from None
-        return replace(
-            dial, from_uri=from_uri, display_name=name, extra_headers=(*dial.extra_headers, *headers)
-        )
-
-    async def dial(self, dial: Dial) -> str:
-        """Bind the media ports, find the next hop (RFC 3263 for a trunk host) and send the INVITE."""
-        assert self.endpoint is not None and self.network is not None
-        trunk = self.settings.trunk
-        target = dial.target
-        outbound_proxy = SipUri.parse(trunk.outbound_proxy) if trunk and trunk.outbound_proxy else None
-        if outbound_proxy is None and trunk is not None and trunk.mode == "static":
-            trunk_uri = SipUri.parse(trunk.uri)
-            if target.host != trunk_uri.host:
-                outbound_proxy = trunk_uri
-        destination = await self._locate(outbound_proxy or target)
-        call = self._new_call("")
-        try:
-            port = await call.open()
-        except PortRangeExhausted:
-            raise ControlError(
-                "no RTP port free (rtp.port_min..port_max are all in use)", status=503
-            ) from None
-        call_id = self.endpoint.invite(
-            target,
-            self.network.now(),
-            rtp_port=port,
-            from_uri=dial.from_uri,
-            display_name=dial.display_name,
-            credentials=self._credentials(),
-            outbound_proxy=outbound_proxy,
-            extra_headers=dial.extra_headers,
-            destination=destination,
-        )
-        call.call_id = call_id
-        call.hangup = lambda reason: self._hangup(call_id, reason)
-        self.calls[call_id] = call
-        self.network.pump()
-        return call_id
-
-    def _transports(self) -> tuple[Transport, ...]:
-        """What RFC 3263 may pick for the trunk: transports we listen on (TLS alone with SRTP)."""
-        if self.settings.sip.srtp != "off":
-            return ("tls",)
-        return transports_for(self.profile, tuple(self.settings.sip.transports))
-
-    async def _locate(self, hop: SipUri) -> Address | None:
-        """RFC 3263: where a host name's SIP service is (NAPTR, SRV, else A); None for an address."""
-        if _is_ip(hop.host.strip("[]")):
-            return None
-        try:
-            found = await self.resolver.resolve(hop, self._transports())
-        except TrunkResolutionError as exc:
-            raise ControlError(str(exc), field="target", status=502) from None
-        if not found:
-            return None
-        if found[0].transport == "tls" and self.network is not None:
-            self.network.tls_names[found[0]] = hop.host
-        return found[0]
 
 
 __all__ = ["Call", "Server"]

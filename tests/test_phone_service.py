@@ -42,6 +42,16 @@ class FakeCall:
         self.digits.append(digits)
         return True
 
+    tool_results: list[tuple[str, str]] = field(default_factory=list)
+    transfers_failed: list[str] = field(default_factory=list)
+    on_action: object = None
+
+    def tool_result(self, call_id: str, content: str) -> None:
+        self.tool_results.append((call_id, content))
+
+    def transfer_failed(self, reason: str) -> None:
+        self.transfers_failed.append(reason)
+
 
 class FakeTelephony:
     def __init__(self, *, agent: bool = True) -> None:
@@ -49,6 +59,7 @@ class FakeTelephony:
         self.calls: dict[str, FakeCall] = {}
         self.dialled: list[Dial] = []
         self.hung_up: list[str] = []
+        self.transfers: list[tuple[str, str]] = []
 
     @property
     def base_conversation(self) -> ConversationConfig | None:
@@ -65,6 +76,9 @@ class FakeTelephony:
 
     def hang_up(self, call_id: str) -> None:
         self.hung_up.append(call_id)
+
+    def transfer(self, call_id: str, target: str) -> None:
+        self.transfers.append((call_id, target))
 
     def outbound_target(self, number: str) -> Dial:
         return Dial(SipUri.parse(f"sip:{number}@trunk.example.test"), None, None)
@@ -320,3 +334,48 @@ async def test_an_incoming_call_the_caller_gave_up_on_is_no_answer() -> None:
     service.admit_incoming("c2", caller="+15550001111", dialled=None, source_host="h")
     service.ended("c2", status=None, reason="rejected-488", by_remote=False)
     assert service.get_call("c2").outcome == "rejected" and service.get_call("c2").sip_status == 488
+
+
+class FakeRunner:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def run_call(self, tools: object, call: object, *, call_id: str) -> object:
+        from sipagent.product.webhooks import ToolOutcome
+
+        self.calls.append((call_id, call.name))  # type: ignore[attr-defined]
+        return ToolOutcome(ok=True, content='{"status": "shipped"}', status=200, duration_ms=12.0, error=None)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_the_agents_tool_calls_and_keys_are_carried_out_for_its_route() -> None:
+    from sipagent.product.tools import RouteTools
+    from sipagent.voice.conversation import RunTool, SendDigits, TransferCall
+    from sipagent.voice.llm import ToolCall
+
+    telephony = FakeTelephony()
+    service = _service(telephony)
+    runner = FakeRunner()
+    service.webhooks = runner  # type: ignore[assignment]
+    service._tools = {"default": RouteTools(transfer_targets={"sales": "+15550001234"})}
+    service.admit_incoming("c1", caller="+15550001111", dialled=None, source_host="h")
+    telephony.calls["c1"] = call = FakeCall()
+    service.answered("c1")
+    act = call.on_action
+    assert callable(act)
+    act(SendDigits("12#"))
+    act(TransferCall("sales"))
+    act(TransferCall("the moon"))
+    act(RunTool(ToolCall("t1", "lookup_order", "{}")))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert call.digits == ["12#"]
+    assert telephony.transfers == [("c1", "+15550001234")]  # only a configured target, by its name
+    assert call.transfers_failed == ["'the moon' is not one of this route's transfer targets"]
+    assert runner.calls == [("c1", "lookup_order")] and call.tool_results == [("t1", '{"status": "shipped"}')]
+    service.transfer_failed("c1", 403, "Forbidden")
+    assert call.transfers_failed[-1] == "403 Forbidden"
+    service.transfer_succeeded("c1")
+    assert telephony.hung_up == ["c1"]

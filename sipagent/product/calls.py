@@ -114,6 +114,11 @@ class CallBook:
                       duration=None if info.duration is None else round(info.duration, 3))  # fmt: skip
         self._forget_old()
 
+    def note(self, call_id: str, type_: str, **data: Any) -> None:
+        """Something else the call did (a tool call, a transfer), as an event."""
+        if call_id in self._calls:
+            self._publish(call_id, type_, **{k: v for k, v in data.items() if v is not None})
+
     def rename(self, old: str, new: str) -> None:
         """A call placed before its Call-ID was known gets it."""
         if old in self._calls:

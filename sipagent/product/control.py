@@ -35,6 +35,8 @@ EVENT_TYPES = (
     "dtmf",
     "turn_latency",
     "barge_in",
+    "tool_call",
+    "transfer",
     "call_ended",
 )
 
