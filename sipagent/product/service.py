@@ -17,6 +17,7 @@ said; timers (ring timeout, maximum duration) run on the loop the server runs on
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -43,7 +44,7 @@ from .policy import InboundPolicy
 from .ports import Admitted, Dial, Telephony
 from .routes import Route, RouteTable
 from .tools import NO_TOOLS, RouteTools
-from .webhooks import WebhookRunner
+from .webhooks import WebhookRunner, masked_arguments
 
 log = logging.getLogger("sipagent.calls")
 
@@ -348,8 +349,13 @@ class PhoneService:
 
     async def _run_tool(self, call_id: str, plan: _Plan, command: RunTool) -> None:
         outcome = await self.webhooks.run_call(plan.tools, command.call, call_id=call_id)
-        self.book.note(call_id, "tool_call", name=command.call.name, ok=outcome.ok, status=outcome.status,
-                       duration_ms=round(outcome.duration_ms, 1), error=outcome.error)  # fmt: skip
+        try:
+            arguments = masked_arguments(json.loads(command.call.arguments or "{}"))
+        except json.JSONDecodeError:
+            arguments = "(not JSON)"
+        self.book.note(call_id, "tool_call", name=command.call.name, arguments=arguments, ok=outcome.ok,
+                       status=outcome.status, duration_ms=round(outcome.duration_ms, 1), error=outcome.error,
+                       result=outcome.content[:500])  # fmt: skip
         call = self.telephony.call(call_id)
         if call is not None:
             call.tool_result(command.call.id, outcome.content)
