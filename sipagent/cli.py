@@ -166,6 +166,12 @@ async def _serve(settings: Settings) -> None:
 @click.option(
     "--echo-delay-ms", type=click.FloatRange(0, 1000), default=120.0, show_default=True, help="Echo delay."
 )
+@click.option(
+    "--amd",
+    is_flag=True,
+    help="Answering-machine detection on the far end's leg from the 200 OK (fast, simulated clock): "
+    "prints the amd result and any beep (docs/amd.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines, one object per event.")
 def replay(
     capture: Path,
@@ -180,6 +186,7 @@ def replay(
     ssrc: str | None,
     echo_db: float | None,
     echo_delay_ms: float,
+    amd: bool,
     as_json: bool,
 ) -> None:
     """Feed CAPTURE's caller RTP through the media engine and the voice pipeline; print what happened."""
@@ -187,6 +194,13 @@ def replay(
     from .replay.capture import CaptureError, load_caller_leg
     from .replay.runner import Replay
 
+    if amd:
+        if realtime or echo_db is not None:
+            raise click.UsageError("--amd replays on a simulated clock, without the agent: "
+                                   "not with --realtime or --echo-db")  # fmt: skip
+        _replay_amd(capture, ssrc, Impairments(loss=loss, jitter_ms=jitter_ms, reorder=reorder,
+                                               duplicate=duplicate, seed=seed), as_json)  # fmt: skip
+        return
     if pipeline and realtime is False:
         raise click.UsageError("the voice pipeline replays in real time (its models take real time); "
                                "use --media-only with --fast")  # fmt: skip
@@ -222,6 +236,35 @@ def replay(
         asyncio.run(runner.run_realtime(emit))
     else:
         runner.run_fast(emit)
+
+
+def _replay_amd(capture: Path, ssrc: str | None, impairments: Impairments, as_json: bool) -> None:
+    """``replay --amd``: the far end's leg through the media engine and the answering-machine detector."""
+    from .pcapio import PcapError
+    from .replay.amd_replay import AmdReplay, AmdReplayEvent, load_far_leg, silero_vad_factory
+    from .replay.capture import CaptureError
+
+    try:
+        ssrc_value = int(ssrc, 0) if ssrc is not None else None
+    except ValueError:
+        raise click.BadParameter(f"{ssrc!r} is not a number", param_hint="--ssrc") from None
+    try:
+        far = load_far_leg(capture, ssrc=ssrc_value)
+    except (PcapError, CaptureError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        vad = silero_vad_factory()
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    def emit(event: AmdReplayEvent) -> None:
+        click.echo(event.as_json() if as_json else event.as_text())
+
+    if not as_json:
+        click.echo(f"{capture}: {len(far.leg.packets)} packets, 200 OK at {far.answered_at:+.3f} s")
+        for note in far.notes:
+            click.echo(f"  {note}")
+    AmdReplay(far, impairments, vad=vad).run(emit)
 
 
 async def _replay_pipeline(
