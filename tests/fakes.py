@@ -8,27 +8,47 @@ import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from sipagent.config import DEFAULT_SYSTEM_PROMPT
-from sipagent.voice.llm import ChatSession, Turn, TurnStats, _ChatBase
+from sipagent.voice.llm import (
+    ChatSession,
+    ReplyPart,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    Turn,
+    TurnStats,
+    _ChatBase,
+)
 from sipagent.voice.resample import TELEPHONE_RATE
 from sipagent.voice.stt import Transcript, _check_pcm
+
+
+@dataclass(frozen=True)
+class FakeReply:
+    """A scripted reply that also calls tools (streamed after its words, when tools are offered)."""
+
+    text: str
+    calls: tuple[ToolCall, ...] = ()
 
 
 class FakeChat(_ChatBase):
     """Scripted replies streamed word by word, with optional delays; for tests of control flow.
 
-    ``replies`` are used in order (then ``default``), or computed from the history by a callable.
-    ``token_delay`` is slept before each word, like a model's wall time; cancellation is checked
-    between words as the real backends do.
+    ``replies`` are used in order (then ``default``), or computed from the history by a callable;
+    each is a string or a :class:`FakeReply` with tool calls, which a reply with tools streams after
+    the words (a reply without tools drops them). ``token_delay`` is slept before each word, like a
+    model's wall time; cancellation is checked between words as the real backends do, and a cancelled
+    reply calls nothing. The tools each reply was offered are kept in :attr:`offered`.
     """
 
     def __init__(
         self,
-        replies: Iterable[str] | Callable[[Sequence[Turn]], str] = (),
+        replies: Iterable[str | FakeReply] | Callable[[Sequence[Turn]], str | FakeReply] = (),
         *,
         token_delay: float = 0.0,
         default: str = "Okay.",
@@ -41,6 +61,8 @@ class FakeChat(_ChatBase):
         self.default = default
         self.system_prompt = system_prompt
         self.sessions: list[ChatSession] = []
+        #: The tools offered to each reply, in order (``()`` for a reply without tools).
+        self.offered: list[tuple[ToolSpec, ...]] = []
         self._lock = threading.Lock()
 
     def new_session(self, system_prompt: str | None = None) -> ChatSession:
@@ -49,17 +71,39 @@ class FakeChat(_ChatBase):
         return session
 
     def _stream(self, session: ChatSession, cancel: threading.Event | None) -> Generator[str, None, None]:
+        for part in self._script_reply(session, cancel, ()):
+            if isinstance(part, str):
+                yield part
+
+    def _stream_tools(
+        self,
+        session: ChatSession,
+        cancel: threading.Event | None,
+        tools: tuple[ToolSpec, ...],
+        tool_choice: ToolChoice,
+    ) -> Generator[ReplyPart, None, None]:
+        return self._script_reply(session, cancel, tools)
+
+    def _script_reply(
+        self, session: ChatSession, cancel: threading.Event | None, tools: tuple[ToolSpec, ...]
+    ) -> Generator[ReplyPart, None, None]:
         started = time.perf_counter()
         with self._lock:
+            self.offered.append(tools)
             if self._compute is not None:
-                reply = self._compute(session.history)
+                scripted = self._compute(session.history)
             else:
-                reply = self._script.pop(0) if self._script else self.default
+                scripted = self._script.pop(0) if self._script else self.default
+        if isinstance(scripted, FakeReply):
+            reply, calls = scripted.text, scripted.calls
+        else:
+            reply, calls = scripted, ()
         first_token_s: float | None = None
         sent = 0
         cancelled = False
         try:
-            for index, word in enumerate(reply.split(" ")):
+            # A reply that only calls tools says nothing (a plain empty reply streams "" as before).
+            for index, word in enumerate(reply.split(" ") if reply or not calls else []):
                 if cancel is not None and cancel.is_set():
                     cancelled = True
                     break
@@ -68,6 +112,8 @@ class FakeChat(_ChatBase):
                 first_token_s = first_token_s or time.perf_counter() - started
                 sent += 1
                 yield word if index == 0 else " " + word
+            if not cancelled and tools:
+                yield from calls
         finally:
             session.last_stats = TurnStats(
                 None, None, None, sent, first_token_s, time.perf_counter() - started, cancelled

@@ -16,9 +16,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from ..jobs import Job, JobFailed, JobResult, TextPiece
+from ..jobs import Job, JobFailed, JobResult, TextPiece, ToolCallRequested
 
 Deliver = Callable[[JobResult], None]
+#: Results a job may send several of before its final one (TextDone, or any other result).
+_PARTIAL = (TextPiece, ToolCallRequested)
 #: Results whose hand-over time is kept (for the percentiles).
 _DELIVERY_WINDOW = 4096
 
@@ -66,7 +68,7 @@ class InferenceService:
 
         def deliver(result: JobResult) -> None:
             results.append(result)
-            if not isinstance(result, TextPiece) and not done.done():
+            if not isinstance(result, _PARTIAL) and not done.done():
                 done.set_result(None)
 
         self.submit(job, deliver)
@@ -108,7 +110,7 @@ class InferenceService:
         entry = self._pending.get(result.job)
         if entry is None:
             return  # cancelled, or the asker gave up: a late answer
-        if not isinstance(result, TextPiece):
+        if not isinstance(result, _PARTIAL):
             del self._pending[result.job]
         job, deliver = entry
         self.delivery.append(time.monotonic() - made_at)

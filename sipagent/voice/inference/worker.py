@@ -3,7 +3,9 @@ result to a callback as soon as it exists: the same code in the inference proces
 
 Each job runs on one of the pool's threads. A cancel sets the job's event: a reply stops before its
 next token, a job not started yet never starts, a transcription or synthesis under way finishes
-(tens of ms) and its result is dropped by whoever asked. Replies of one call run one at a time (a
+(tens of ms) and its result is dropped by whoever asked. A reply's tool calls are sent as
+``ToolCallRequested`` once each is complete, after its text pieces and before its ``TextDone`` (a
+cancelled reply calls nothing). Replies of one call run one at a time (a
 cancelled speculation ends at its next token before the next reply starts), and each call's chat
 session (llama.cpp's KV cache for that call) is kept between turns until the call is released.
 """
@@ -25,11 +27,12 @@ from ..jobs import (
     Synthesized,
     TextDone,
     TextPiece,
+    ToolCallRequested,
     Transcribe,
     Transcribed,
     TurnEndPredicted,
 )
-from ..llm import ChatSession
+from ..llm import ChatSession, ToolCall
 from ..tts import synthesize_whole
 from .loading import LoadedModels
 
@@ -116,9 +119,15 @@ class JobWorker:
             session = call.session
             session.rewind(0)
             for turn in job.turns:
-                (session.add_user if turn.role == "user" else session.add_assistant)(turn.text)
-            for piece in session.stream_reply(cancel):
-                self._send(TextPiece(job.job, piece))
+                session.add_turn(turn)
+            parts = (
+                session.stream_with_tools(job.tools, cancel) if job.tools else session.stream_reply(cancel)
+            )
+            for part in parts:
+                if isinstance(part, ToolCall):
+                    self._send(ToolCallRequested(job.job, part))
+                else:
+                    self._send(TextPiece(job.job, part))
             self._send(TextDone(job.job, session.last_stats))
 
     def close(self) -> None:
