@@ -16,7 +16,8 @@ engine is, and reports
 What is a beep (each frame by :func:`sipagent.voice.tones.analyse`, 80 % of its energy in one peak
 with a flat envelope):
 
-* the same frequency (within 12 Hz or 2 %) for ``min_ms`` (120 ms) to ``max_ms`` (3 s), allowing
+* the same frequency (frame to frame within 2.5 Hz or 0.25 %, over the whole tone within 6 Hz or
+  0.6 %) for ``min_ms`` (100 ms: a 120 ms beep less its ramps) to ``max_ms`` (3 s), allowing
   ``max_gap_frames`` odd frames inside (a lost packet concealed, a codec glitch);
 * **isolated**: no other tone within ``isolation_ms`` before or after it. SIT segments and the
   notes of a jingle follow one another without a pause, so they are sequences, not beeps.
@@ -49,6 +50,7 @@ _MAX_SPREAD = 0.006
 #: Onset search: 1 ms blocks of the frames before the first tone frame at half the tone's level.
 _ONSET_BLOCK = 8
 _ONSET_SHARE = 0.5
+_BLOCKS_PER_SECOND = SAMPLES_PER_FRAME / _ONSET_BLOCK / FRAME_SECONDS
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class BeepConfig:
 
     min_hz: float = 400.0
     max_hz: float = 2000.0
-    min_ms: float = 120.0
+    #: A beep lasts 120 ms or more; its ramps take a few ms of that below half its level.
+    min_ms: float = 100.0
     max_ms: float = 3000.0
     #: Frames inside a beep that may fail the test (a concealed packet): more ends it.
     max_gap_frames: int = 2
@@ -115,6 +118,30 @@ class _Run:
     freqs: list[float] = field(default_factory=list)
     levels: list[float] = field(default_factory=list)
     gap: int = 0
+    tail: float = 0.0  # seconds of the tone inside the first frame after its last tone frame
+
+
+def _rms(frame: Pcm | None) -> float:
+    if frame is None:
+        return 0.0
+    samples = frame.astype(np.float64)
+    return float(np.sqrt(np.mean(samples * samples)))
+
+
+def _blocks_above(frame: Pcm, tone_rms: float, *, from_end: bool) -> int:
+    """1 ms blocks of ``frame`` at half ``tone_rms`` or more, counted from its end (or its start).
+
+    At most one frame: a tone that filled the whole frame would have been a tone frame itself, and
+    speech next to a tone is as loud as one, so looking further would only find the speech.
+    """
+    blocks = frame.astype(np.float64).reshape(-1, _ONSET_BLOCK)
+    levels = np.sqrt(np.mean(blocks * blocks, axis=1))
+    count = 0
+    for value in levels[::-1] if from_end else levels:
+        if tone_rms <= 0.0 or value < _ONSET_SHARE * tone_rms:
+            break
+        count += 1
+    return count
 
 
 @dataclass(frozen=True)
@@ -132,7 +159,6 @@ class BeepDetector:
         self.config = config or BeepConfig()
         self.started_at = started_at
         self._previous: Pcm | None = None
-        self._before_previous: Pcm | None = None
         self._run: _Run | None = None
         self._closed: list[_Closed] = []
         #: The latest frame's spectral look (a :class:`~sipagent.voice.tones.ToneClassifier` may
@@ -173,12 +199,14 @@ class BeepDetector:
                 )
         elif run is not None:
             run.gap += 1
+            if run.gap == 1:
+                # The tone may run on into this frame (it ended inside it): count how far.
+                run.tail = _blocks_above(frame, _rms(self._previous), from_end=False) / _BLOCKS_PER_SECOND
             if run.gap > self.config.max_gap_frames:
                 if len(run.freqs) < _MIN_RUN_FRAMES:
                     self._run = None  # too short to be any tone: nothing to remember
                 else:
                     event = self._close(run, followed=False)
-        self._before_previous = self._previous
         self._previous = frame
         if event is not None:
             self.events.append(event)
@@ -196,33 +224,20 @@ class BeepDetector:
         return now - self._closed[-1].end <= self.config.isolation_ms / 1000 + 1e-9
 
     def _onset(self, frame: Pcm, now: float) -> float:
-        """Where the tone rose: ``now``, or earlier in the two frames before at half its level."""
-        before = [f for f in (self._before_previous, self._previous) if f is not None]
-        if not before:
+        """Where the tone rose: ``now``, or earlier in the frame before at half its level."""
+        if self._previous is None:
             return now
-        tail = np.concatenate(before).astype(np.float64)
-        current = frame.astype(np.float64)
-        tone_rms = float(np.sqrt(np.mean(current * current)))
-        blocks = tail.reshape(-1, _ONSET_BLOCK)
-        block_rms = np.sqrt(np.mean(blocks * blocks, axis=1))
-        # At most one frame back: the tone filled less than the frame before its first tone frame
-        # (it would have been a tone frame otherwise), and speech before it is as loud as a tone.
-        limit = SAMPLES_PER_FRAME // _ONSET_BLOCK
-        count = 0
-        for value in block_rms[::-1]:
-            if value < _ONSET_SHARE * tone_rms or count >= limit:
-                break
-            count += 1
-        return now - count * _ONSET_BLOCK / (SAMPLES_PER_FRAME / FRAME_SECONDS)
+        return now - _blocks_above(self._previous, _rms(frame), from_end=True) / _BLOCKS_PER_SECOND
 
     def _close(self, run: _Run, *, followed: bool) -> ToneEvent | None:
         """The run ended (a different tone came, or quiet): a beep, the end of a SIT, or nothing."""
         self._run = None
         freq = float(np.median(run.freqs))
-        closed = _Closed(run.onset, run.last_end, freq)
+        end = run.last_end + (0.0 if followed else run.tail)
+        closed = _Closed(run.onset, end, freq)
         self._closed = [*self._closed[-2:], closed]
         config = self.config
-        duration_ms = (run.last_end - run.onset) * 1000
+        duration_ms = (end - run.onset) * 1000
         spread = max(run.freqs) - min(run.freqs)
         if (
             not run.preceded
@@ -233,7 +248,7 @@ class BeepDetector:
         ):
             at_ms = (run.onset - self.started_at) * 1000
             level = float(np.median(run.levels))
-            return Beep(run.onset, run.last_end, round(at_ms, 1), round(freq, 1), round(level, 1))
+            return Beep(run.onset, end, round(at_ms, 1), round(freq, 1), round(level, 1))
         if not followed:
             return self._sit()
         return None

@@ -12,7 +12,8 @@ resolution, enough to find a peak to a few Hz) and returns a :class:`ToneFrame`:
 * ``single``: at least ``concentration`` (80 %) of the energy within ±62 Hz of one peak, and a flat
   envelope over the frame's four 5 ms blocks (within 3.5 dB). Two tones a few tens of Hz apart (US
   ringback 440 + 480 Hz, UK 400 + 450 Hz) fall in one peak at this resolution, but they beat, so
-  their envelope is far from flat: that test keeps ringback from looking like a beep.
+  their envelope dips and rises within the frame: that test keeps ringback from looking like a beep.
+  A frame whose envelope only rises or only falls holds a tone's start or end: neither kind.
 * ``dual``: not single, and 80 % of the energy in two peaks that are not neighbouring harmonics of
   one voice (DTMF, dial and busy tones), or one peak that beats (ringback).
 
@@ -89,6 +90,8 @@ class ToneConfig:
     min_level_dbfs: float = -45.0
     #: Frames in a row with the same peaks before the classifier calls them a tone (60 ms).
     min_frames: int = 3
+    #: Frames inside a tone that may fail the test without ending it (the classifier's hangover).
+    max_gap_frames: int = 1
     #: Two frames in a row hold the same tone when each peak moved less than this (Hz, or the share
     #: below). A tone generator holds its frequency to a fraction of a Hz (our estimate too, under
     #: G.711 and 10 dB of noise); a sung or held vowel drifts 2-5 Hz a frame at 350 Hz.
@@ -100,8 +103,9 @@ class ToneConfig:
             raise ValueError(f"concentration must be in [0.5, 1), got {self.concentration}")
         if self.max_envelope_ratio < 1.0:
             raise ValueError(f"max_envelope_ratio must be at least 1, got {self.max_envelope_ratio}")
-        if self.min_frames < 1:
-            raise ValueError(f"min_frames must be at least 1, got {self.min_frames}")
+        if self.min_frames < 1 or self.max_gap_frames < 0:
+            raise ValueError(f"need min_frames >= 1 and max_gap_frames >= 0, got {self.min_frames}, "
+                             f"{self.max_gap_frames}")  # fmt: skip
 
 
 DEFAULT_TONE_CONFIG = ToneConfig()
@@ -168,9 +172,15 @@ def analyse(frame: Pcm, previous: Pcm | None = None, config: ToneConfig = DEFAUL
     kind: ToneKind | None = None
     freqs: tuple[float, ...] = ()
     if share1 >= config.concentration:
-        # One peak: a pure tone if the envelope is flat, two close tones beating if not.
-        kind = ToneKind.SINGLE if envelope <= config.max_envelope_ratio else ToneKind.DUAL
-        freqs = (round(f1, 1),)
+        # One peak: a pure tone if the envelope is flat, two close tones beating if it dips and
+        # rises again (a beat of 40-50 Hz has a peak or a null in every 20 ms), and a tone starting
+        # or stopping inside the frame if it only rises or only falls (neither: its neighbours say).
+        steps = np.diff(block_rms)
+        if envelope <= config.max_envelope_ratio:
+            kind = ToneKind.SINGLE
+        elif not (np.all(steps >= 0) or np.all(steps <= 0)):
+            kind = ToneKind.DUAL
+        freqs = (round(f1, 1),) if kind is not None else ()
     elif share2 >= config.concentration and not _harmonic_pair(min(f1, f2), max(f1, f2)):
         kind = ToneKind.DUAL
         freqs = (round(f1, 1), round(f2, 1))
@@ -224,6 +234,7 @@ class ToneClassifier:
         self.run_frames = 0
         self._run_freqs: tuple[float, ...] = ()
         self._run_kind: ToneKind | None = None
+        self._gap = 0
 
     def push(self, frame: Pcm) -> ToneFrame:
         """Consume one 20 ms frame and return its look; :attr:`in_tone` says whether it is a tone."""
@@ -236,6 +247,11 @@ class ToneClassifier:
         """Account for a frame already analysed (by a beep detector sharing the analysis)."""
         self.last = look
         if look.kind is None:
+            if self.run_frames and self._gap < self.config.max_gap_frames:
+                # A frame inside the tone that did not look like one (a ramp, a beat's null, a
+                # concealed packet): the tone goes on through it.
+                self._gap += 1
+                return
             self.run_frames = 0
             self._run_freqs = ()
             self._run_kind = None
@@ -246,7 +262,9 @@ class ToneClassifier:
         ):
             self.run_frames += 1
             self._run_freqs = look.freqs  # frame to frame: a slow drift is not a new tone, a jump is
+            self._gap = 0
         else:
+            self._gap = 0
             self.run_frames = 1
             self._run_freqs = look.freqs
             self._run_kind = look.kind
@@ -270,8 +288,10 @@ class ToneClassifier:
         """Forget the stream (a new call)."""
         self._previous = None
         self.last = None
-        self.observe(ToneFrame(None, (), -120.0, 0.0, 0.0, 0.0))
-        self.last = None
+        self.run_frames = 0
+        self._run_freqs = ()
+        self._run_kind = None
+        self._gap = 0
 
 
 __all__ = [
