@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import threading
 from collections.abc import Iterator
 
@@ -39,7 +40,13 @@ TRANSFER = ToolSpec(
 DTMF = ToolSpec(
     "send_dtmf",
     "Press keys on the phone keypad.",
-    json.dumps({"type": "object", "properties": {"digits": {"type": "string", "pattern": "^[0-9*#]+$"}}}),
+    json.dumps(
+        {
+            "type": "object",
+            "properties": {"digits": {"type": "string", "pattern": "^[0-9*#]{1,8}$"}},
+            "required": ["digits"],
+        }
+    ),
 )
 TOOLS = (END_CALL, TRANSFER, DTMF)
 
@@ -220,6 +227,10 @@ def test_the_guard_holds_back_only_what_may_be_call_syntax() -> None:
     guard = ToolSyntaxGuard(TOOLS)
     assert [guard.push(p) for p in ["  ", '{"name": "fly",', ' "arguments": {}}']] == ["", "", ""]
     assert guard.flush() == "" and guard.calls == []
+    # A reply that names a tool as no one speaks is reciting its instructions: the rest is not said.
+    guard = ToolSyntaxGuard(TOOLS)
+    spoken = [guard.push(p) for p in ["Sure. I can end", " a call: - end", "_call: Hang up", " the call."]]
+    assert "".join(spoken) + guard.flush() == "Sure. I can end a call: - "
 
 
 def test_plain_text_rendering_for_templates_without_tools() -> None:
@@ -340,6 +351,7 @@ async def test_the_worker_forwards_tool_calls_before_text_done() -> None:
         assert [type(r) for r in results] == [TextPiece, TextPiece, ToolCallRequested, TextDone]
         assert all(r.job == 5 for r in results)
         assert results[2] == ToolCallRequested(5, call)
+        assert pickle.loads(pickle.dumps(results[2])) == results[2]  # it crosses the process pipe as is
         assert chat.offered == [TOOLS]
         # The engine sends the whole history back with the call's result last.
         turns = (

@@ -60,7 +60,7 @@ _log = logging.getLogger("sipagent.voice.llm")
 #: tool set in use, most deployments have one or two).
 _TOOL_BASES = 4
 #: Tokens at most for a call's arguments (a name, a number, a few digits).
-_MAX_ARGUMENT_TOKENS = 64
+_MAX_ARGUMENT_TOKENS = 96
 
 
 #: llama-cpp-python's built-in formats usable as ``chat_format`` (name → formatter function).

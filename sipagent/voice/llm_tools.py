@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +82,7 @@ def tools_prompt(tools: Sequence[ToolSpec]) -> str:
     """
     lines = ["", "", "Besides talking, the phone system can take these actions for you, after you speak:"]
     for tool in tools:
-        names = list(parse_parameters(tool).get("properties", {}))
+        names = required_arguments(tool)
         needs = f" (needs: {', '.join(names)})" if names else ""
         lines.append(f"- {tool.name}: {tool.description.strip()}{needs}")
     lines.append("Say briefly what you are doing when you take an action.")
@@ -142,14 +142,26 @@ def decision_grammar(tools: Sequence[ToolSpec], *, required: bool = False) -> st
     return "root ::= " + " | ".join(_gbnf_literal(choice) for choice in choices)
 
 
-def arguments_schema(tool: ToolSpec) -> str | None:
-    """The JSON Schema a grammar constrains the arguments to; None when the tool takes none."""
+def required_arguments(tool: ToolSpec) -> list[str]:
+    """The names of the arguments ``tool`` needs (its schema's ``required`` that it defines)."""
     schema = parse_parameters(tool)
-    if not schema.get("properties"):
+    properties = schema.get("properties") or {}
+    return [name for name in schema.get("required", []) if name in properties]
+
+
+def arguments_schema(tool: ToolSpec) -> str | None:
+    """The JSON Schema a grammar constrains the arguments to: the required arguments only, in the
+    schema's order; None when the tool needs none (its arguments are then ``{}``).
+
+    Optional arguments are left out on purpose: a small model that may fill them rambles (an
+    ``end_call`` reason of 200 characters) and can run out of tokens before the object closes.
+    """
+    schema = parse_parameters(tool)
+    needed = required_arguments(tool)
+    if not needed:
         return None
-    # Every named argument, in the order the schema lists them: a small model that may stop
-    # early (or ramble in optional fields) gets a short, complete object.
-    return json.dumps({**schema, "required": list(schema["properties"]), "additionalProperties": False})
+    properties = {name: schema["properties"][name] for name in needed}
+    return json.dumps({**schema, "properties": properties, "required": needed, "additionalProperties": False})
 
 
 # -- streams ----------------------------------------------------------------------------------------
@@ -174,22 +186,29 @@ class ToolSyntaxGuard:
 
     ``push`` returns what may be spoken now; ``flush`` at the end returns the rest. Calls found are
     collected in :attr:`calls`. Text that looks like a call but is not one is dropped all the same:
-    JSON read aloud is worse than a missing sentence.
+    JSON read aloud is worse than a missing sentence. So is the rest of a reply once it names a tool
+    the way no one speaks (``end_call``: a name with ``_`` or a digit): a small model that does so
+    is reciting its instructions or writing a call of its own syntax, never talking to the caller.
     """
 
     def __init__(self, tools: Sequence[ToolSpec]) -> None:
         """Recognise calls of ``tools``."""
         self._tools = tuple(tools)
+        self._names = [t.name for t in tools if any(c == "_" or c.isdigit() for c in t.name)]
+        self._markers = [_OPEN_TAG, *self._names]
         self._pending = ""  # text not yet known to be speech
         self._block: str | None = None  # inside a <tool_call> block: its text so far
         self._json: str | None = None  # the reply opened with "{": all of it so far
         self._started = False  # anything other than whitespace has been seen
+        self._muted = False  # a tool's name was written: nothing more is spoken
         self.calls: list[ToolCall] = []
 
     def push(self, text: str) -> str:
         """Take the next piece of the reply; return what may be spoken of it now."""
         if self._json is not None:
             self._json += text
+            return ""
+        if self._muted:
             return ""
         self._pending += text
         if not self._started:
@@ -211,20 +230,32 @@ class ToolSyntaxGuard:
                 self._end_block(self._block + self._pending[:end])
                 self._pending = self._pending[end + len(_CLOSE_TAG) :]
                 continue
-            start = self._pending.find(_OPEN_TAG)
-            if start >= 0:
+            found = [(at, m) for m in self._markers if (at := self._pending.find(m)) >= 0]
+            if found:
+                start, marker = min(found)
                 out.append(self._pending[:start])
+                if marker != _OPEN_TAG:
+                    self._muted, self._pending = True, ""
+                    break
                 self._block, self._pending = "", self._pending[start + len(_OPEN_TAG) :]
                 continue
-            # Hold back a tail that could be the start of the tag.
-            keep = next(
-                (n for n in range(len(_OPEN_TAG) - 1, 0, -1) if self._pending.endswith(_OPEN_TAG[:n])), 0
-            )
+            # Hold back a tail that could be the start of a marker (of a name: at the start of a word,
+            # so "Let me" is not held back for "end_call").
+            keep = max((n for m in self._markers for n in self._tail_starting(m)), default=0)
             cut = len(self._pending) - keep
             out.append(self._pending[:cut])
             self._pending = self._pending[cut:]
             break
         return "".join(out)
+
+    def _tail_starting(self, marker: str) -> Iterator[int]:
+        """Lengths of the pending text's tails that ``marker`` starts with."""
+        pending = self._pending
+        for size in range(min(len(marker) - 1, len(pending)), 0, -1):
+            if pending.endswith(marker[:size]):
+                before = pending[-size - 1 : -size]
+                if marker == _OPEN_TAG or not before or not before.isalnum():
+                    yield size
 
     def flush(self) -> str:
         """The reply is over: the text still held back if it is speech, and any last call."""
@@ -327,6 +358,7 @@ __all__ = [
     "openai_tools",
     "parse_call_json",
     "parse_parameters",
+    "required_arguments",
     "text_messages",
     "tools_prompt",
 ]
