@@ -42,9 +42,11 @@ from .llm import (
 from .llm_tools import (
     ToolSyntaxGuard,
     arguments_schema,
+    constrained_text,
     decision_grammar,
     decision_question,
     new_call_id,
+    schema_grammar,
     text_messages,
 )
 
@@ -488,7 +490,7 @@ class LlamaCppChat(_ChatBase):
             grammar = LlamaGrammar.from_string(
                 decision_grammar(tools, required=tool_choice == "required"), verbose=False
             )
-            name = self._constrained(prompt, grammar, 16, cancel)
+            name = constrained_text(self._llama, prompt, grammar, 32, cancel)
         else:
             name = tool_choice
         tool = next((t for t in tools if t.name == name), None)
@@ -499,40 +501,11 @@ class LlamaCppChat(_ChatBase):
         if schema is not None:
             # The answer so far is the name; the arguments follow it on the same line.
             head = self._llama.tokenize((name + " ").encode("utf-8"), add_bos=False, special=False)
-            grammar = _schema_grammar(schema)
-            arguments = self._constrained(prompt + head, grammar, _MAX_ARGUMENT_TOKENS, cancel).strip()
+            grammar = schema_grammar(schema)
+            arguments = constrained_text(
+                self._llama, prompt + head, grammar, _MAX_ARGUMENT_TOKENS, cancel
+            ).strip()
         return ToolCall(new_call_id(), tool.name, arguments)
-
-    def _constrained(
-        self, prompt: list[int], grammar: Any, max_tokens: int, cancel: threading.Event | None
-    ) -> str:
-        """Greedy text under ``grammar`` after ``prompt``: a decision is the model's most likely
-        answer, never a dice roll (a false end_call hangs up on the caller)."""
-        import llama_cpp
-
-        out: list[int] = []
-        tokens = self._llama.generate(prompt, temp=0.0, repeat_penalty=1.0, grammar=grammar)
-        try:
-            for token in tokens:
-                if llama_cpp.llama_vocab_is_eog(self._llama._model.vocab, token) or len(out) >= max_tokens:
-                    break
-                out.append(token)
-                if cancel is not None and cancel.is_set():
-                    return ""
-        finally:
-            tokens.close()
-        return self._llama.detokenize(out).decode("utf-8", "replace")
-
-
-def _schema_grammar(schema: str) -> Any:
-    """A grammar for ``schema``; any JSON object if llama.cpp's converter cannot read it."""
-    from llama_cpp.llama_grammar import LlamaGrammar
-
-    try:
-        return LlamaGrammar.from_json_schema(schema, verbose=False)
-    except Exception as exc:  # the converter raises bare exceptions on schema features it lacks
-        _log.warning("tool arguments schema not usable as a grammar (%s); any JSON object instead", exc)
-        return LlamaGrammar.from_json_schema('{"type": "object"}', verbose=False)
 
 
 __all__ = ["LlamaCppChat"]

@@ -8,7 +8,8 @@
   llama.cpp built-in format): :func:`text_messages` describes the tools at the end of the system
   prompt and tells calls and results in words, in ``user``/``assistant`` turns that still alternate
   (templates such as Mistral's refuse anything else). The embedded backend then decides on a call
-  after the speech, under a grammar (:func:`decision_grammar`, :func:`decision_question`).
+  after the speech, under a grammar (:func:`decision_question`, :func:`decision_grammar`,
+  :func:`schema_grammar`, :func:`constrained_text`).
 * **Nothing of a call is spoken.** :class:`ToolSyntaxGuard` sits between a model's text and the
   speaker whenever tools are offered: a ``<tool_call>…</tool_call>`` block (Hermes, Qwen) or a reply
   that opens with a JSON object is held back, and read as a call when it is one, never passed on
@@ -18,12 +19,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .llm import ReplyPart, ToolCall, ToolSpec, Turn
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+_log = logging.getLogger("sipagent.voice.llm")
 
 _OPEN_TAG = "<tool_call>"
 _CLOSE_TAG = "</tool_call>"
@@ -162,6 +170,40 @@ def arguments_schema(tool: ToolSpec) -> str | None:
         return None
     properties = {name: schema["properties"][name] for name in needed}
     return json.dumps({**schema, "properties": properties, "required": needed, "additionalProperties": False})
+
+
+# -- llama.cpp under a grammar (the embedded backend's decision) --------------------------------------
+def schema_grammar(schema: str) -> Any:
+    """A llama.cpp grammar for the JSON Schema ``schema``; any JSON object if llama.cpp's converter
+    cannot read it (the runner still checks the arguments against the real schema)."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_json_schema(schema, verbose=False)
+    except Exception as exc:  # the converter raises bare exceptions on schema features it lacks
+        _log.warning("tool arguments schema not usable as a grammar (%s); any JSON object instead", exc)
+        return LlamaGrammar.from_json_schema('{"type": "object"}', verbose=False)
+
+
+def constrained_text(
+    llama: Llama, prompt: list[int], grammar: Any, max_tokens: int, cancel: threading.Event | None
+) -> str:
+    """Greedy text under ``grammar`` after ``prompt`` ("" if cancelled): a decision is the model's
+    most likely answer, never a dice roll (a false end_call hangs up on the caller)."""
+    import llama_cpp
+
+    out: list[int] = []
+    tokens = llama.generate(prompt, temp=0.0, repeat_penalty=1.0, grammar=grammar)
+    try:
+        for token in tokens:
+            if llama_cpp.llama_vocab_is_eog(llama._model.vocab, token) or len(out) >= max_tokens:
+                break
+            out.append(token)
+            if cancel is not None and cancel.is_set():
+                return ""
+    finally:
+        tokens.close()
+    return llama.detokenize(out).decode("utf-8", "replace")
 
 
 # -- streams ----------------------------------------------------------------------------------------
@@ -351,6 +393,7 @@ __all__ = [
     "ToolCallAssembler",
     "ToolSyntaxGuard",
     "arguments_schema",
+    "constrained_text",
     "decision_grammar",
     "decision_question",
     "new_call_id",
@@ -359,6 +402,7 @@ __all__ = [
     "parse_call_json",
     "parse_parameters",
     "required_arguments",
+    "schema_grammar",
     "text_messages",
     "tools_prompt",
 ]
