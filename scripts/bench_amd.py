@@ -16,6 +16,7 @@ Usage::
     .venv/bin/python scripts/bench_amd.py                    # Silero VAD, every fixture, a table
     .venv/bin/python scripts/bench_amd.py --vad energy -v    # the energy gate; one line per fixture
     .venv/bin/python scripts/bench_amd.py --split tune --json
+    .venv/bin/python scripts/bench_amd.py --loss 0.03 --jitter-ms 30     # a worse network on top
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ class Outcome:
         return min((b - truth for b in self.beeps_ms), key=abs)
 
 
-def run_one(directory: Path, entry: dict[str, Any], vad: VadFactory | None, config: AmdConfig) -> Outcome:
-    """Replay one fixture with AMD."""
+def run_one(
+    directory: Path, entry: dict[str, Any], vad: VadFactory | None, config: AmdConfig, network: Impairments
+) -> Outcome:
+    """Replay one fixture with AMD (``network``: impairments on top of the capture's own)."""
     far = load_far_leg(directory / entry["file"])
-    events = AmdReplay(far, Impairments(), config=config, vad=vad).run()
+    events = AmdReplay(far, network, config=config, vad=vad).run()
     amd = next(e.fields for e in events if e.event == "amd")
     beep = entry.get("beep")
     return Outcome(
@@ -148,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vad", choices=("silero", "energy"), default="silero", help="voice decision")
     parser.add_argument("--split", choices=("all", "tune", "holdout"), default="all")
     parser.add_argument("--beep-tolerance-ms", type=float, default=100.0)
+    parser.add_argument("--loss", type=float, default=0.0, help="more packet loss at replay (0-1)")
+    parser.add_argument("--jitter-ms", type=float, default=0.0, help="more jitter at replay (mean, ms)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the replay's impairments")
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per fixture")
     args = parser.parse_args(argv)
@@ -155,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     entries = [e for e in manifest["fixtures"] if args.split in ("all", e.get("split", "tune"))]
     vad = silero_vad_factory() if args.vad == "silero" else None
     config = AmdConfig()
-    outcomes = [run_one(args.dir, e, vad, config) for e in entries]
+    network = Impairments(loss=args.loss, jitter_ms=args.jitter_ms, seed=args.seed)
+    outcomes = [run_one(args.dir, e, vad, config, network) for e in entries]
     if args.verbose:
         for o in outcomes:
             mark = "ok " if o.right else "BAD"
@@ -175,7 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"vad": args.vad, "rows": rows}, indent=2))
         return 0
     where = args.dir.relative_to(REPO) if args.dir.is_relative_to(REPO) else args.dir
-    print(f"AMD on {where} (VAD: {args.vad})")
+    extra = (
+        f", replayed with {args.loss:.0%} loss and {args.jitter_ms:.0f} ms jitter" if network.active else ""
+    )
+    print(f"AMD on {where} (VAD: {args.vad}{extra})")
     print("| " + " | ".join(title for _, title in COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     for row in rows:
