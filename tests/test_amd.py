@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -318,3 +320,24 @@ def test_the_fixture_set_meets_its_targets() -> None:
     assert right["machine"] >= 0.95 * count["machine"]
     assert right["human"] >= 0.95 * count["human"]
     assert statistics.median(times) <= 2500
+
+
+def test_make_amd_fixtures_rebuilds_them_byte_for_byte(tmp_path: Path) -> None:
+    """A recorded clip in a busy room, and Piper over early ringback, rebuilt to the same bytes."""
+    speech_dir = AMD_FIXTURES.parents[2] / "shared" / "speech"
+    if not (speech_dir / "cards-003.wav").is_file():
+        pytest.skip(f"no shared speech in {speech_dir}")
+    voice = AMD_FIXTURES.parents[1] / "models" / "piper" / "en_US-joe-medium.onnx"
+    require_models(voice)
+    script = AMD_FIXTURES.parents[1] / "scripts" / "make_amd_fixtures.py"
+    names = ["h-busy-cards-003", "m-vm-ringback-beep"]
+    argv = [sys.executable, str(script), "--out", str(tmp_path), "--speech-dir", str(speech_dir)]
+    for name in names:
+        argv += ["--only", name]
+    subprocess.run(argv, check=True, capture_output=True, timeout=300)
+    rebuilt = {e["file"]: e for e in json.loads((tmp_path / "manifest.json").read_text())["fixtures"]}
+    committed = {e["file"]: e for e in _manifest()}
+    for name in names:
+        file = f"{name}.pcap"
+        assert (tmp_path / file).read_bytes() == (AMD_FIXTURES / file).read_bytes(), f"{file} differs"
+        assert rebuilt[file] == committed[file]

@@ -13,11 +13,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from sipagent.errors import SipAgentError
 from sipagent.replay.capture import load_caller_leg
 from sipagent.rtp import g711
 from sipagent.rtp.frames import SAMPLES_PER_FRAME
 from sipagent.voice.beep import Beep, BeepConfig, BeepDetector, Sit
-from sipagent.voice.tones import ToneClassifier, ToneConfig, ToneKind, analyse, same_tone
+from sipagent.voice.tones import ToneClassifier, ToneConfig, ToneConfigError, ToneKind, analyse, same_tone
 
 RATE = 8000
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -195,8 +196,9 @@ def test_two_beeps_apart_are_two_beeps_and_the_detector_keeps_them() -> None:
 
 
 def test_beep_config_is_validated() -> None:
-    with pytest.raises(ValueError, match="min_hz"):
+    with pytest.raises(ToneConfigError, match="min_hz") as caught:
         BeepConfig(min_hz=2500.0, max_hz=2000.0)
+    assert isinstance(caught.value, SipAgentError) and isinstance(caught.value, ValueError)
     with pytest.raises(ValueError, match="min_ms"):
         BeepConfig(min_ms=0.0)
     with pytest.raises(ValueError, match="concentration"):

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..rtp.frames import FRAME_SECONDS, SAMPLES_PER_FRAME, Pcm
-from .tones import DEFAULT_TONE_CONFIG, ToneConfig, ToneFrame, ToneKind, analyse, same_tone
+from .tones import DEFAULT_TONE_CONFIG, ToneConfig, ToneConfigError, ToneFrame, ToneKind, analyse, same_tone
 
 #: The SIT segments' frequencies (ANSI T1.401 / ITU-T Q.35): the first, second and third segment.
 SIT_FREQUENCIES: tuple[tuple[float, ...], ...] = ((913.8, 985.2), (1370.6, 1428.5), (1776.7,))
@@ -70,11 +70,11 @@ class BeepConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.min_hz < self.max_hz < 4000:
-            raise ValueError(f"need 0 < min_hz < max_hz < 4000, got {self.min_hz}, {self.max_hz}")
+            raise ToneConfigError(f"need 0 < min_hz < max_hz < 4000, got {self.min_hz}, {self.max_hz}")
         if not 0 < self.min_ms < self.max_ms:
-            raise ValueError(f"need 0 < min_ms < max_ms, got {self.min_ms}, {self.max_ms}")
+            raise ToneConfigError(f"need 0 < min_ms < max_ms, got {self.min_ms}, {self.max_ms}")
         if self.max_gap_frames < 0 or self.isolation_ms < 0:
-            raise ValueError("max_gap_frames and isolation_ms must not be negative")
+            raise ToneConfigError("max_gap_frames and isolation_ms must not be negative")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import SipAgentError
 from ..rtp.frames import SAMPLE_RATE, SAMPLES_PER_FRAME, Pcm
 
 #: FFT size of the analysis: 320 samples (two frames) zero-padded, bins of 7.8 Hz.
@@ -49,6 +50,10 @@ _FULL_SCALE = 32768.0
 _SEARCH = (int(_SEARCH_HZ[0] / _BIN_HZ), int(_SEARCH_HZ[1] / _BIN_HZ))
 
 FloatArray = npt.NDArray[np.float64]
+
+
+class ToneConfigError(SipAgentError, ValueError):
+    """A tone or beep detection setting out of range; names the setting."""
 
 
 class ToneKind(enum.Enum):
@@ -100,11 +105,11 @@ class ToneConfig:
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.concentration < 1.0:
-            raise ValueError(f"concentration must be in [0.5, 1), got {self.concentration}")
+            raise ToneConfigError(f"concentration must be in [0.5, 1), got {self.concentration}")
         if self.max_envelope_ratio < 1.0:
-            raise ValueError(f"max_envelope_ratio must be at least 1, got {self.max_envelope_ratio}")
+            raise ToneConfigError(f"max_envelope_ratio must be at least 1, got {self.max_envelope_ratio}")
         if self.min_frames < 1 or self.max_gap_frames < 0:
-            raise ValueError(f"need min_frames >= 1 and max_gap_frames >= 0, got {self.min_frames}, "
+            raise ToneConfigError(f"need min_frames >= 1 and max_gap_frames >= 0, got {self.min_frames}, "
                              f"{self.max_gap_frames}")  # fmt: skip
 
 
@@ -298,6 +303,7 @@ __all__ = [
     "DEFAULT_TONE_CONFIG",
     "ToneClassifier",
     "ToneConfig",
+    "ToneConfigError",
     "ToneFrame",
     "ToneKind",
     "analyse",
