@@ -187,3 +187,26 @@ def test_menu_keys_act_without_the_model() -> None:
     line.answer(Synthesized(2, speech_audio(3)))
     line.until(line.tick + 20)
     assert [command for _, command in _of(line, EndCall)] == [EndCall("caller pressed 9: end the call")]
+
+
+def test_the_filler_waits_for_the_agents_words_to_end() -> None:
+    conversation, line = _conversation(tools=(LOOKUP,))
+    _caller_turn(
+        line, "where is my order", [ToolCall("c1", "lookup_order", "{}")], "Let me check that for you."
+    )
+    line.until(30)
+    line.answer(Synthesized(3, speech_audio(60)))  # 1.2 s of words from tick 35: past the 700 ms
+    line.until(70)
+    line.run(conversation.handle_timer(69 * 0.02))
+    assert not [c for _, c in _of(line, Synthesize) if c == Synthesize(4, "One moment.")]
+    assert conversation.next_deadline() == 69 * 0.02 + 0.2  # looks again shortly
+    line.until(100)  # the words end at tick 95
+    for _ in range(3):  # the timer fires once the line is quiet (the runner arms it at each deadline)
+        line.run(conversation.handle_timer(max(conversation.next_deadline() or 0.0, line.now)))
+    assert _of(line, Synthesize)[-1][1] == Synthesize(4, "One moment.")
+    assert conversation.next_deadline() is None or conversation.next_deadline() != line.now  # said once
+    line.answer(Synthesized(4, speech_audio(5)))
+    line.until(line.tick + 20)
+    assert Turn("assistant", "One moment.") not in conversation.history  # a courtesy, not the conversation
+    line.run(conversation.on_tool_result("c1", "shipped", line.now))
+    assert _of(line, Generate)[-1][1].turns[-1] == Turn("tool", "shipped", tool_call_id="c1")  # type: ignore[union-attr]

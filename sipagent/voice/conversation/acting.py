@@ -35,7 +35,7 @@ class Acting:
     _waiting: deque[Reply]
 
     # The engine's own moves.
-    def _say(self, text: str, now: float, hang_up_after: str | None) -> None:
+    def _say(self, text: str, now: float, hang_up_after: str | None) -> Reply:
         raise NotImplementedError
 
     def _take(self) -> list[Command]:

@@ -29,6 +29,8 @@ from .keypad import DIGITS
 from .reply import Reply
 
 BUILTIN_TOOLS = frozenset({"end_call", "transfer_call", "send_dtmf"})
+#: How soon to look again when the filler is due while the agent still speaks.
+FILLER_RECHECK_S = 0.2
 #: A webhook's place in the history until its result arrives.
 WAITING = "(the result has not arrived yet)"
 
@@ -132,9 +134,13 @@ class ToolDesk:
         """At the end of ``reply``: every webhook it called has answered already."""
         return reply.webhooks == 0 and any(call.name not in BUILTIN_TOOLS for call in reply.tool_calls)
 
-    def filler_due(self, now: float) -> bool:
-        """Time to say the filler (once per wait)."""
+    def filler_due(self, now: float, *, speaking: bool) -> bool:
+        """Time to say the filler (once per wait): its time has come and the line is quiet. While the
+        agent still speaks, look again shortly (the filler is for silence, not to cut words)."""
         if self.filler_at is None or now < self.filler_at or not self._pending:
+            return False
+        if speaking:
+            self.filler_at = now + FILLER_RECHECK_S
             return False
         self.filler_at = None
         return True

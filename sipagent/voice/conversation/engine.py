@@ -200,8 +200,8 @@ class Conversation(Acting):
         """Give up the jobs whose answer is overdue: their replies fail (or play what they have); say
         the filler while a tool is slow; end a key entry whose time is up."""
         self._now = now
-        if self.tools.filler_due(now) and not self.speaking:
-            self._say(self.config.filler, now, None)
+        if self.tools.filler_due(now, speaking=self.speaking):
+            self._say(self.config.filler, now, None).filler = True  # kept out of the history
         self._keyed(self.keypad.expire(now), now)
         for job, reply in list(self._owners.items()):
             deadline = reply.deadlines.get(job)
@@ -344,7 +344,7 @@ class Conversation(Acting):
         self._out.append(Transcribe(job, self.listener.turn_audio()))
         return reply
 
-    def _say(self, text: str, now: float, hang_up_after: str | None) -> None:
+    def _say(self, text: str, now: float, hang_up_after: str | None) -> Reply:
         reply = Reply(
             TurnRecord(turn=0, scripted=True), self.config, now=now, script=text, hang_up_after=hang_up_after
         )
@@ -354,6 +354,7 @@ class Conversation(Acting):
         else:
             self._waiting.append(reply)
         self._advance(reply, now)
+        return reply
 
     def _new_job(self, reply: Reply, now: float) -> int:
         job = next(self._job_ids)
@@ -461,7 +462,8 @@ class Conversation(Acting):
         record.turn = len(self.records) + 1
         record.reply = reply.playback.heard_text()
         record.outcome = _OUTCOMES.get(reply.state, Outcome.INTERRUPTED)
-        self.tools.enter_history(reply, self.history, record.reply)
+        if not reply.filler:
+            self.tools.enter_history(reply, self.history, record.reply)
         self.records.append(record)
         self._out.append(TurnFinished(record))
         if reply.hang_up_after is not None:

@@ -119,6 +119,8 @@ class Reply:
         self.tool_calls: list[ToolCall] = []
         self.tools_run = 0
         self.webhooks = 0
+        #: Said while a tool is slow ("One moment."): not part of the conversation's history.
+        self.filler = False
         self._spoken = SpokenFilter()
         self._chunker = SentenceChunker(config.chunker)
         self._chunks: deque[str] = deque(self._chunker.feed(script) + self._chunker.flush() if script else [])
