@@ -49,6 +49,9 @@ each error says who broke the rule and, where a peer did, what to answer::
     │   └── ChatTemplateError             no usable chat template in the GGUF or the configuration
     ├── ModelLoadError (RuntimeError)     voice/inference/loading.py: a model cannot be loaded; names
     │                                     the file or setting (`sipagent serve` reports it and exits)
+    ├── AmdConfigError (ValueError)       voice/amd.py: answering-machine detection parameters that cannot
+    │                                     work together (names the parameter)
+    ├── ToneConfigError (ValueError)      voice/tones.py: tone-classifier parameters out of range
     ├── TurnStateError (RuntimeError)     voice/turns.py: an event the turn detector's table does not
     │                                     allow in its state (a bug)
     └── ReplyStateError (RuntimeError)    voice/conversation/reply.py: an event the reply's table does
