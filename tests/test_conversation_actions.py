@@ -7,6 +7,8 @@ Uses tests/test_conversation.py's line and level VAD: 20 voiced frames from tick
 
 from __future__ import annotations
 
+import numpy as np
+
 from sipagent.voice.conversation import (
     Command,
     Conversation,
@@ -210,3 +212,15 @@ def test_the_filler_waits_for_the_agents_words_to_end() -> None:
     assert Turn("assistant", "One moment.") not in conversation.history  # a courtesy, not the conversation
     line.run(conversation.on_tool_result("c1", "shipped", line.now))
     assert _of(line, Generate)[-1][1].turns[-1] == Turn("tool", "shipped", tool_call_id="c1")  # type: ignore[union-attr]
+
+
+def test_a_beep_is_not_speech_it_starts_no_turn_and_never_reaches_stt() -> None:
+    from sipagent.rtp.frames import SAMPLES_PER_FRAME
+    from sipagent.voice.jobs import Transcribe
+
+    _, line = _conversation()
+    t = np.arange(50 * SAMPLES_PER_FRAME) / 8000
+    beep = (np.sin(2 * np.pi * 1000 * t) * 8000).astype(np.int16)  # loud enough for the level VAD
+    line.play([beep[i : i + SAMPLES_PER_FRAME] for i in range(0, beep.size, SAMPLES_PER_FRAME)])
+    line.until(line.tick + 40)
+    assert _of(line, Transcribe) == []

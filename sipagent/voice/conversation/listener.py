@@ -23,6 +23,7 @@ from ...rtp.frames import FRAME_SECONDS, SAMPLES_PER_FRAME, AudioFrame, FrameKin
 from ..arrival_watch import ArrivalWatch
 from ..echo_guard import EchoGuard
 from ..turns import TurnDetector, TurnEvent
+from ..tones import ToneClassifier
 from ..vad import Vad, WebRtcVad
 from .config import ConversationConfig
 
@@ -49,6 +50,10 @@ class Listener:
         where Silero's window lag and smoothing add 30-75 ms (decision 0015)."""
         self.config = config
         self.vad = vad() if vad is not None else WebRtcVad(config.vad_aggressiveness)
+        #: Tones are not speech: a beep, ringback or DTMF tone the VAD calls voice (WebRTC VAD calls
+        #: nearly every beep frame voice; Silero none) must not start a turn or reach STT as words
+        #: ("F- F- F-"). Asked only about frames the VAD calls voice: ~36 µs a frame.
+        self.tones = ToneClassifier()
         self.echo = EchoGuard(config.echo)
         #: Caller voice that has arrived but not played yet (shares the played guard's history).
         arrival_vad = WebRtcVad(config.vad_aggressiveness)
@@ -78,7 +83,11 @@ class Listener:
         ``watch``: a reply is on (watch the arrived stream too, ``newest`` its newest frame)."""
         samples = frame.samples
         self._levels.append((now, frame.timestamp, _level_db(samples)))
-        voiced = frame.kind is not FrameKind.SILENCE and self.vad.is_speech(samples)
+        voiced = (
+            frame.kind is not FrameKind.SILENCE
+            and self.vad.is_speech(samples)
+            and not self.tones.is_tone(samples)
+        )
         if voiced and agent_on:
             voiced = self.echo.inbound_is_caller(samples, now)
         self._collect(samples, frame.timestamp, voiced)
