@@ -26,6 +26,7 @@ from .rtp.frames import FrameKind, silence
 from .rtp.recorder import CallRecorder
 from .rtp.session import NegotiatedStream, RtpSession, RtpSessionConfig, Tick
 from .sip.events import Event
+from .voice.amd import AmdEvent, AmdPolicy, AmdSession
 from .voice.conversation import (
     Conversation,
     ConversationConfig,
@@ -82,6 +83,9 @@ class Call:
     #: Told each finished turn of the agent, and each digit the far end pressed.
     on_turn: Callable[[TurnRecord], None] | None = None
     on_dtmf: Callable[[str], None] | None = None
+    #: Answering-machine detection between the answer and the agent's start (outbound calls).
+    amd: AmdSession | None = None
+    on_amd: Callable[[AmdEvent], None] | None = None
     #: Carries out what the agent does beyond speaking (a webhook, a transfer, keys to send).
     on_action: Callable[[RunTool | TransferCall | SendDigits], None] | None = None
 
@@ -129,10 +133,26 @@ class Call:
         else:
             self.transport.pump()
 
+    def start_amd(self, policy: AmdPolicy, on_event: Callable[[AmdEvent], None]) -> None:
+        """From now (the 200 OK) the callee's frames go to answering-machine detection, the agent
+        silent, until its :class:`~sipagent.voice.amd.AmdAction`; ``on_event`` hears each event."""
+        loop = asyncio.get_running_loop()
+        vad = self.options.vad() if self.options.vad is not None else None
+        self.amd = AmdSession(policy, answered_at=loop.time(), is_speech=vad.is_speech if vad else None)
+        self.on_amd = on_event
+
     def _on_tick(self, tick: Tick) -> None:
         if self.recorder is not None:
             self.recorder.write_inbound(tick.inbound.samples)
             self.recorder.write_outbound(tick.outbound if tick.outbound is not None else silence())
+        if self.amd is not None:
+            session = self.amd
+            events = session.push(tick.inbound.samples, tick.time)
+            if session.action is not None:
+                self.amd = None  # decided: what comes next is the agent's
+            for event in events:
+                if self.on_amd is not None:
+                    self.on_amd(event)
         if self.agent is not None:
             self.agent.on_tick(tick)
         elif self.options.mode == "echo" and tick.inbound.kind is FrameKind.VOICE:

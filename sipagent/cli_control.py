@@ -156,6 +156,12 @@ def _print_call(call: dict[str, Any]) -> None:
 @click.option(
     "--ring-timeout", type=click.FloatRange(0, min_open=True), metavar="S", help="Stop ringing after S s."
 )
+@click.option(
+    "--amd",
+    type=click.Choice(["hangup", "leave-message", "continue"]),
+    help="Answering-machine detection from the answer: hang up on a machine, leave the --message "
+    "after the beep, or only report it (default: off).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the call's final status as one JSON object.")
 @click.option(
     "--wait/--no-wait",
@@ -173,6 +179,7 @@ def call(
     from_number: str | None,
     max_duration: float | None,
     ring_timeout: float | None,
+    amd: str | None,
     as_json: bool,
     wait: bool,
     api: str | None,
@@ -207,6 +214,7 @@ def call(
             from_number=from_number,
             max_duration=max_duration,
             ring_timeout=ring_timeout,
+            amd=amd,
         )
         if not wait:
             if as_json:

@@ -161,3 +161,49 @@ def test_conversation_call_to_baresip_follows_its_task(tmp_path: Path) -> None:
     assert any(word in replies for word in ("dentist", "dental", "appointment", "tomorrow", "ten", "10")), (
         replies
     )
+
+
+def test_a_notify_call_to_a_voicemail_leaves_its_message_after_the_beep(tmp_path: Path) -> None:
+    """`--amd leave-message`: the callee (sipp) answers with a recorded voicemail greeting and its
+    beep (fixtures/amd/m-vm-sam-beep.pcap, beep at 6.25 s); the agent stays silent through it,
+    then speaks the message after the beep and hangs up."""
+    from peers.audio import write_g711_pcap
+    from sipagent.replay.capture import load_caller_leg
+
+    _models()
+    fixture = Path(__file__).resolve().parent.parent / "fixtures" / "amd" / "m-vm-sam-beep.pcap"
+    leg = load_caller_leg(fixture)
+    table = decode_table(leg.codec)
+    greeting = np.concatenate([table.take(np.frombuffer(p.packet.payload, np.uint8)) for p in leg.packets])
+    beep_at = 6.252 - leg.packets[0].time  # the manifest's beep onset, from the recording's first packet
+    pcap = tmp_path / "voicemail.pcap"
+    write_g711_pcap(pcap, greeting.astype(np.int16))
+    keys = {"pcap": str(pcap)}
+    callee = SippProcess(scenario_path("uas_answer_play"), workdir=tmp_path / "callee", keys=keys, timeout=60)
+    with callee:
+        server = SipagentServer(tmp_path / "server", mode="agent")
+        with server, LoopbackCapture(tmp_path / "capture", [callee.media_port, *server.rtp_ports]) as capture:
+            (tmp_path / "call").mkdir()
+            call = ManagedProcess(
+                [sys.executable, "-m", "sipagent", "call", callee.uri("vm"), "--mode", "notify",
+                 "--message", MESSAGE, "--amd", "leave-message", "--api", server.api_url, "--json"],
+                name="sipagent-call", logdir=tmp_path / "call",
+            )  # fmt: skip
+            with call:
+                returncode = call.wait(timeout=90)
+            result = callee.wait(timeout=15)
+            log = server.log()
+    result.assert_ok()  # our BYE came once the message had played
+    assert returncode == 0, call.stderr_text()[-2000:] + log[-3000:]
+    assert "answered by a machine" in log, log[-3000:]
+    theirs = capture.rtp_packets(src_port=callee.media_port)
+    assert theirs, capture.describe()
+    start = theirs[0].timestamp  # the greeting's first packet
+    audio, peaks = _heard(capture, callee.media_port)
+    ours = capture.rtp_packets(dst_port=callee.media_port)
+    first = next(p.timestamp for p in ours if p.payload[1] & 0x7F == 0)
+    voiced = [first - start + at for at, peak in peaks if peak > _VOICED_PEAK]
+    assert voiced, peaks[:10]
+    assert voiced[0] > beep_at, (voiced[0], beep_at)  # silent through the greeting and the beep
+    heard = _transcribe(audio)
+    assert sum(word in heard for word in ("parcel", "arrive", "tomorrow", "morning")) >= 3, heard

@@ -85,6 +85,7 @@ class ApiClient:
         from_number: str | None = None,
         max_duration: float | None = None,
         ring_timeout: float | None = None,
+        amd: str | None = None,
     ) -> dict[str, Any]:
         """Start an outbound call; the call's JSON (state ``ringing``)."""
         body: dict[str, Any] = {"target": target, "mode": mode, "repeat": repeat}
@@ -94,6 +95,7 @@ class ApiClient:
             "from": from_number,
             "max_duration": max_duration,
             "ring_timeout": ring_timeout,
+            "amd": amd,
         }
         body.update({key: value for key, value in optional.items() if value is not None})
         return self._json("POST", "/v1/calls", body)

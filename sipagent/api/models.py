@@ -65,6 +65,11 @@ class PlaceCallRequest(_Request):
     ring_timeout: float | None = Field(
         None, gt=0, le=600, description="Give up ringing after this many seconds (default: the limit)."
     )
+    amd: Literal["hangup", "leave-message", "continue"] | None = Field(
+        None,
+        description="Answering-machine detection from the answer on: hang up on a machine, leave the "
+        "notify message after the beep, or only report it (default: off).",
+    )
 
     def to_control(self) -> PlaceCall:
         """The request the server's :meth:`CallControl.place_call` takes."""
@@ -77,6 +82,7 @@ class PlaceCallRequest(_Request):
             from_number=self.from_number,
             max_duration=self.max_duration,
             ring_timeout=self.ring_timeout,
+            amd=self.amd,
         )
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 from ..errors import SipAgentError
 
 CallMode = Literal["notify", "conversation"]
+AmdPolicy = Literal["hangup", "leave-message", "continue"]
 Direction = Literal["inbound", "outbound"]
 #: ringing: set up, not answered yet; answered: media flows; ended: over (see ``outcome``).
 CallState = Literal["ringing", "answered", "ended"]
@@ -37,6 +38,8 @@ EVENT_TYPES = (
     "barge_in",
     "tool_call",
     "transfer",
+    "amd",
+    "beep",
     "call_ended",
 )
 
@@ -90,6 +93,9 @@ class PlaceCall:
     max_duration: float | None = None
     #: Give up ringing after this many seconds (None: limits.ring_timeout).
     ring_timeout: float | None = None
+    #: Answering-machine detection from the 200 OK (None: off): ``hangup`` on a machine,
+    #: ``leave-message`` (notify: say the message after the beep), ``continue`` (only report it).
+    amd: AmdPolicy | None = None
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,14 @@ from dataclasses import dataclass, field, replace
 from ..call import Call
 from ..sip.errors import RemoteProtocolError
 from ..sip.uri import SipUri
+from ..voice.amd import AmdAction, AmdEvent, AmdResult
+from ..voice.beep import Beep
 from ..voice.conversation import ConversationConfig, RunTool, SendDigits, TransferCall, TurnRecord
 from .calls import CallBook
 from .control import (
     DTMF_CHARACTERS,
     MAX_SPEAK_CHARS,
+    AmdPolicy,
     CallEvent,
     CallInfo,
     CallLimitReached,
@@ -77,6 +80,8 @@ class _Plan:
     ring_timeout: float | None = None
     #: The route's tools (webhooks, transfer targets, keys).
     tools: RouteTools = NO_TOOLS
+    #: Answering-machine detection policy (outbound; None: off).
+    amd: AmdPolicy | None = None
     #: Why we ended it (set before our BYE or CANCEL): the call_ended event's reason.
     end_reason: str | None = None
     answered: bool = False
@@ -165,6 +170,7 @@ class PhoneService:
         finally:
             self.admission.release(pending)
         self.admission.admit_outbound(call_id, self._clock())  # counted from now on, whatever the limit
+        plan.amd = request.amd
         self._plans[call_id] = plan
         caller = dial.from_uri.user if dial.from_uri is not None and dial.from_uri.user else "sipagent"
         info = self.book.started(call_id, direction="outbound", caller=caller, callee=callee,
@@ -253,11 +259,37 @@ class PhoneService:
         call.on_turn = lambda record: self._turn(call_id, record)
         call.on_dtmf = lambda digit: self.book.dtmf(call_id, digit)
         call.on_action = lambda command: self._act(call_id, command)
+        self._after(call_id, plan.max_duration, self._time_up)
+        if plan.amd is not None:  # the agent stays silent until the detector has decided
+            call.start_amd(plan.amd, lambda event: self._amd_event(call_id, event))
+        else:
+            self._begin(call, plan)
+
+    def _begin(self, call: Call, plan: _Plan) -> None:
+        """The agent starts: its conversation, and what the call says first."""
         call.start_agent(plan.conversation)
         for i, text in enumerate(plan.says):
             last = i == len(plan.says) - 1
             call.say(text, hang_up_after=plan.hang_up_after if last else None)
-        self._after(call_id, plan.max_duration, self._time_up)
+
+    def _amd_event(self, call_id: str, event: AmdEvent) -> None:
+        """What answering-machine detection found, and what the call does about it."""
+        plan = self._plans.get(call_id)
+        call = self.telephony.call(call_id)
+        if plan is None or call is None:
+            return
+        if isinstance(event, AmdResult):
+            log.info("call %s: answered by a %s (%s, after %.0f ms)", call_id, event.kind, event.reason,
+                     event.after_ms)  # fmt: skip
+            self.book.note(call_id, "amd", result=event.kind, after_ms=event.after_ms, reason=event.reason)
+        elif isinstance(event, Beep):
+            self.book.note(call_id, "beep", at_ms=event.at_ms, freq_hz=round(event.freq_hz))
+        elif isinstance(event, AmdAction):
+            if event.action == "hang_up":
+                plan.end_reason = f"answering machine ({event.reason})"
+                self.telephony.hang_up(call_id)
+            else:
+                self._begin(call, plan)
 
     def closing(self, call_id: str, reason: str) -> None:
         """We are ending the call for ``reason`` (the agent's EndCall reason, media-timeout…)."""
