@@ -22,8 +22,8 @@ import numpy as np
 from ...rtp.frames import FRAME_SECONDS, SAMPLES_PER_FRAME, AudioFrame, FrameKind, Pcm
 from ..arrival_watch import ArrivalWatch
 from ..echo_guard import EchoGuard
-from ..turns import TurnDetector, TurnEvent
 from ..tones import ToneClassifier
+from ..turns import TurnDetector, TurnEvent
 from ..vad import Vad, WebRtcVad
 from .config import ConversationConfig
 
