@@ -322,7 +322,7 @@ def test_the_fixture_set_meets_its_targets() -> None:
     assert statistics.median(times) <= 2500
 
 
-def test_make_amd_fixtures_rebuilds_them_byte_for_byte(tmp_path: Path) -> None:
+def test_make_amd_fixtures_rebuilds_them(tmp_path: Path) -> None:
     """A recorded clip in a busy room, and Piper over early ringback, rebuilt to the same bytes."""
     speech_dir = AMD_FIXTURES.parents[2] / "shared" / "speech"
     if not (speech_dir / "cards-003.wav").is_file():
@@ -337,7 +337,26 @@ def test_make_amd_fixtures_rebuilds_them_byte_for_byte(tmp_path: Path) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=300)
     rebuilt = {e["file"]: e for e in json.loads((tmp_path / "manifest.json").read_text())["fixtures"]}
     committed = {e["file"]: e for e in _manifest()}
-    for name in names:
-        file = f"{name}.pcap"
-        assert (tmp_path / file).read_bytes() == (AMD_FIXTURES / file).read_bytes(), f"{file} differs"
-        assert rebuilt[file] == committed[file]
+    # The recorded clip is numpy all the way: the same bytes anywhere. Piper runs on onnxruntime,
+    # whose float kernels may round differently on another CPU (AVX2, AVX-512): its fixture must
+    # come out the same to the ear, not to the bit (a CI host is not the machine that made it).
+    recorded = "h-busy-cards-003.pcap"
+    assert (tmp_path / recorded).read_bytes() == (AMD_FIXTURES / recorded).read_bytes(), f"{recorded} differs"
+    assert rebuilt[recorded] == committed[recorded]
+    synthetic = "m-vm-ringback-beep.pcap"
+    ours, theirs = (_pcm(folder / synthetic) for folder in (tmp_path, AMD_FIXTURES))
+    assert ours.size == theirs.size
+    error = ours.astype(np.float64) - theirs
+    snr_db = 10 * np.log10(np.sum(theirs.astype(np.float64) ** 2) / max(float(np.sum(error**2)), 1.0))
+    assert snr_db > 30, f"{synthetic}: rebuilt {snr_db:.1f} dB from the committed one"
+    assert rebuilt[synthetic]["beep"] == committed[synthetic]["beep"]
+    assert rebuilt[synthetic]["label"] == committed[synthetic]["label"]
+
+
+def _pcm(path: Path) -> np.ndarray:
+    from sipagent.replay.capture import load_caller_leg
+    from sipagent.rtp.g711 import decode_table
+
+    leg = load_caller_leg(path)
+    table = decode_table(leg.codec)
+    return np.concatenate([table.take(np.frombuffer(p.packet.payload, np.uint8)) for p in leg.packets])
