@@ -140,7 +140,8 @@ def test_conversation_call_to_baresip_follows_its_task(tmp_path: Path) -> None:
     wav = write_wav(tmp_path / "callee.wav", np.concatenate([quiet, question, np.zeros(12 * 8000, np.int16)]),
                     sample_rate=8000)  # fmt: skip
     task = "Remind the callee that their dentist appointment is tomorrow at ten."
-    with SipagentServer(tmp_path / "server", mode="agent") as server:
+    # Greedy decoding: the reply depends on what was heard, not on the sampler's luck.
+    with SipagentServer(tmp_path / "server", mode="agent", config_text="[llm]\ntemperature = 0\n") as server:
         callee = Baresip(tmp_path / "baresip", audio_wav=wav, answer_mode="auto")
         with callee:
             call = ManagedProcess(

@@ -157,7 +157,7 @@ def test_keys_tools_and_the_end_of_the_call(tmp_path: Path, behaviour: str) -> N
         .transcribe(audio)
         .text.lower()
     )
-    assert "check" in heard and "goodbye" in heard, heard
+    assert "check" in heard and "bye" in heard, heard
     assert ("one moment" in heard) == (behaviour in ("slow", "hang")), heard  # the filler, only when slow
     assert "ended: agent ended the call" in log
     assert "lookup_order" in log and "5550" not in log
