@@ -436,7 +436,10 @@ class CallStore:
                     job.done.set_result(result)
         if conn is not None:
             conn.close()
-        self._fix_permissions()
+        try:
+            self._fix_permissions()
+        except StoreError:
+            log.exception("call store %s: on closing", self.path)
 
     def _connect(self) -> sqlite3.Connection:
         try:
