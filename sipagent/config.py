@@ -29,6 +29,7 @@ from .config_product import (
     OutboundSettings,
     RouteSettings,
     ToolSettings,
+    WebhookSettings,
     check_route_tools,
     check_routes,
     check_tools,
@@ -444,6 +445,7 @@ class Settings(_Section):
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)  # type: ignore[arg-type]
     api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
+    webhooks: WebhookSettings | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     _routes = field_validator("routes")(check_routes)

@@ -256,6 +256,24 @@ class LimitsSettings(Section):
     ring_timeout: float = Field(45.0, gt=0, le=600)
 
 
+class WebhookSettings(Section):
+    """Lifecycle webhooks: ``call.started``, ``call.answered``, ``call.ended`` (with the end-of-call
+    report) POSTed to ``url``, signed with HMAC-SHA256 (decision 0026)."""
+
+    url: str
+    #: Name of the environment variable holding the signing secret (never in the file).
+    secret_env: str = "SIPAGENT_WEBHOOK_SECRET"
+    max_attempts: int = Field(5, ge=1, le=20)
+    timeout: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+
 class ApiSettings(Section):
     """The control API (HTTP and WebSocket events) that ``sipagent call/calls/status/…`` talk to."""
 

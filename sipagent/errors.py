@@ -41,6 +41,9 @@ each error says who broke the rule and, where a peer did, what to answer::
     │                                     (`sipagent serve` reports it and exits)
     ├── ApiClientError                    api/client.py: the CLI's request failed (no server, refused
     │                                     token, a 4xx naming the field); printed in one line
+    ├── StoreError                        product/store.py: the call store cannot be opened or used
+    │   │                                 (names the file and what failed; `sipagent serve` reports it)
+    │   └── StoreSchemaError              the database was written by a newer sipagent (names both versions)
     ├── NumberError (ValueError)          product/numbers.py: a value that cannot become an E.164 number
     │                                     (names the value and why); start-up turns a bad configured number
     │                                     into a ConfigError, a caller's number is read leniently (None)

@@ -32,7 +32,10 @@ from .net.media_sockets import PortRangeExhausted
 from .net.sip_resolver import SipResolver
 from .net.sip_transport import SipNetwork, default_local_address
 from .product.control import ControlError
+from .product.lifecycle import LifecycleWebhooks
 from .product.limits import CallAdmission
+from .product.metrics import Metrics
+from .product.observers import CallObserver
 from .product.service import PhoneService
 from .product.setup import caller_id, inbound_policy, limits_config, route_table, route_tools
 from .product.trunks import (
@@ -139,6 +142,11 @@ class Server:
         for problem in missing_environment(webhooks.values()):
             log.warning("tools: %s", problem)
         self.api: ApiServer | None = None
+        #: Prometheus metrics (GET /metrics on the API) and the lifecycle webhooks, both fed from
+        #: the call book's events (product/observers.py).
+        self.metrics = Metrics(tool_names=[tool.name for tool in settings.tools])
+        self.lifecycle = lifecycle_webhooks(settings, self.metrics)
+        CallObserver(self.service.book, self.metrics, self.lifecycle)
         #: RFC 3263 lookups of trunk host names (NAPTR, SRV, A), cached by their TTL.
         self.resolver = SipResolver()
 
@@ -225,7 +233,9 @@ class Server:
                 f"api.bind is {api.bind}, beyond loopback: set the bearer token in the environment "
                 f"variable {api.token_env} (api.token_env), or bind the API to 127.0.0.1"
             )
-        self.api = ApiServer(self.service, ApiConfig(bind=api.bind, port=api.port, token=token))
+        self.api = ApiServer(
+            self.service, ApiConfig(bind=api.bind, port=api.port, token=token), metrics=self.metrics.render
+        )
         await self.api.start()
         log.info(
             "control API on http://%s:%d/v1 (%s)",
@@ -285,6 +295,8 @@ class Server:
             self.api = None
         self.service.book.close()
         await self.service.webhooks.aclose()
+        if self.lifecycle is not None:
+            await self.lifecycle.aclose()
         for task in list(self._tasks):
             task.cancel()
         for call in list(self.calls.values()):
@@ -419,6 +431,21 @@ class Server:
         if media is not None:
             call.apply(media)
         self.network.pump()
+
+
+def lifecycle_webhooks(settings: Settings, metrics: Metrics) -> LifecycleWebhooks | None:
+    """``[webhooks]``: the signing secret from its environment variable (ConfigError without it)."""
+    hooks = settings.webhooks
+    if hooks is None:
+        return None
+    secret = os.environ.get(hooks.secret_env)
+    if not secret:
+        raise ConfigError(
+            f"invalid configuration:\n  webhooks.secret_env: environment variable {hooks.secret_env} "
+            "is not set (the lifecycle webhooks are signed with it)"
+        )
+    return LifecycleWebhooks(hooks.url, secret, max_attempts=hooks.max_attempts, timeout=hooks.timeout,
+                             on_result=metrics.webhook_delivery)  # fmt: skip
 
 
 __all__ = ["Call", "Server"]

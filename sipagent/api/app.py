@@ -24,12 +24,13 @@ it has, nothing about them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -111,8 +112,11 @@ def _first_problem(exc: RequestValidationError) -> tuple[int, str | None, str]:
     return 422, field, message
 
 
-def create_app(control: CallControl, config: ApiConfig) -> FastAPI:
-    """The control API over ``control``, demanding ``config.token`` (None: open)."""
+def create_app(
+    control: CallControl, config: ApiConfig, metrics: Callable[[], tuple[bytes, str]] | None = None
+) -> FastAPI:
+    """The control API over ``control``, demanding ``config.token`` (None: open); with ``metrics``
+    (Prometheus text and its content type), ``GET /metrics`` too, behind the same token."""
     app = FastAPI(
         title="sipagent control API",
         version=__version__,
@@ -207,6 +211,14 @@ def create_app(control: CallControl, config: ApiConfig) -> FastAPI:
         await stream_events(websocket, control, call_id)
 
     app.include_router(router)
+
+    if metrics is not None:
+        render = metrics
+
+        @app.get("/metrics", tags=["server"], summary="Prometheus metrics", response_class=Response)
+        async def prometheus() -> Response:
+            body, content_type = render()
+            return Response(body, media_type=content_type)
 
     @app.get("/healthz", tags=["server"], summary="Liveness (no token needed)")
     async def healthz() -> HealthModel:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 
 import uvicorn
 
@@ -38,11 +39,16 @@ class ApiServer:
     """The control API over ``control`` on ``config.bind:config.port`` (port 0: a free one, see
     :attr:`bound_port`)."""
 
-    def __init__(self, control: CallControl, config: ApiConfig) -> None:
+    def __init__(
+        self,
+        control: CallControl,
+        config: ApiConfig,
+        metrics: Callable[[], tuple[bytes, str]] | None = None,
+    ) -> None:
         """Build the application (:func:`~.app.create_app`); nothing is bound before :meth:`start`."""
         self.host = config.bind
         self.port = config.port
-        self.app = create_app(control, config)
+        self.app = create_app(control, config, metrics)
         self._config = uvicorn.Config(
             self.app,
             host=self.host,

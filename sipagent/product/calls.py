@@ -40,6 +40,8 @@ class CallBook:
         self._subscribers: list[_Subscriber] = []
         self._keep_ended = keep_ended
         self._clock = clock
+        #: Told every event as it is published (metrics, lifecycle webhooks: observers.py).
+        self.observers: list[Callable[[CallEvent], None]] = []
 
     # -- what the server reports -----------------------------------------------------------------
     def started(
@@ -172,6 +174,8 @@ class CallBook:
 
     def _publish(self, call_id: str, type_: str, **data: Any) -> None:
         event = CallEvent(type_, call_id, round(self._clock(), 3), data)
+        for observer in self.observers:
+            observer(event)
         for subscriber in self._subscribers:
             if subscriber.call_id is None or subscriber.call_id == call_id:
                 self._offer(subscriber, event)
