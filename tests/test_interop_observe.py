@@ -115,8 +115,8 @@ def test_a_receiver_that_is_down_delays_nothing_and_the_failure_is_counted(tmp_p
         _call(server, tmp_path / "sipp")  # answered and ended as ever
 
         def failed() -> float:
-            samples = _metrics(server)
-            return sum(v for (name, labels), v in samples.items()
-                       if name == "sipagent_lifecycle_webhooks_total" and ("result", "failed") in labels)  # fmt: skip
+            samples = _metrics(server).items()
+            name = "sipagent_lifecycle_webhooks_total"
+            return sum(v for (n, labels), v in samples if n == name and ("result", "failed") in labels)
 
         _wait(lambda: failed() >= 3, "three failed deliveries counted")
