@@ -70,7 +70,7 @@ class SipagentServer:
         argv += ["--sip-bind", HOST, "--sip-port", str(self.sip_port), "--log-level", "debug"]
         argv += ["--mode", self.mode]
         if command == "serve":
-            argv += ["--api-port", str(self.api_port)]
+            argv += ["--api-port", str(self.api_port), "--store-path", str(self.workdir / "calls.db")]
         argv += [
             "--rtp-port-min",
             str(self.rtp_min),

@@ -80,6 +80,7 @@ def _overrides(options: dict[str, Any]) -> dict[str, Any]:
         "mode": options.get("mode"),
         "answer_delay": options.get("answer_delay"),
         "api.port": options.get("api_port"),
+        "store.path": str(options["store_path"]) if options.get("store_path") else None,
     }
 
 
@@ -98,6 +99,9 @@ def main() -> None:
 )
 @click.option("--answer-delay", type=float, help="Seconds to ring before answering (default 0).")
 @click.option("--api-port", type=click.IntRange(0, 65535), help="Control API port (default 8060; 0: any).")
+@click.option(
+    "--store-path", type=click.Path(path_type=Path), help="The call store's database (default data/calls.db)."
+)
 def serve(config: Path | None, **options: Any) -> None:
     """Answer calls until interrupted (SIGINT/SIGTERM hang up every call cleanly)."""
     settings = _settings(config, _overrides(options))

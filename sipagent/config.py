@@ -28,6 +28,7 @@ from .config_product import (
     LimitsSettings,
     OutboundSettings,
     RouteSettings,
+    StoreSettings,
     ToolSettings,
     WebhookSettings,
     check_route_tools,
@@ -446,6 +447,7 @@ class Settings(_Section):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)  # type: ignore[arg-type]
     api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
     webhooks: WebhookSettings | None = None
+    store: StoreSettings = Field(default_factory=StoreSettings)  # type: ignore[arg-type]
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     _routes = field_validator("routes")(check_routes)

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -254,6 +255,18 @@ class LimitsSettings(Section):
     goodbye: str = "I'm sorry, we have reached the time limit for this call. Goodbye."
     #: Outbound: give up ringing (CANCEL) after this many seconds.
     ring_timeout: float = Field(45.0, gt=0, le=600)
+
+
+class StoreSettings(Section):
+    """The call store (SQLite, WAL): every call, turn, tool call, key and transfer, as it happens."""
+
+    enabled: bool = True
+    #: The database file (relative: to the working directory); its folder is made 0700, it 0600.
+    path: Path = Path("data/calls.db")
+    #: Calls older than this are deleted, with their recordings (0: keep them all).
+    keep_days: int = Field(90, ge=0)
+    #: fsync every commit: also survives a power cut, not just a killed process (slower).
+    fsync: bool = False
 
 
 class WebhookSettings(Section):

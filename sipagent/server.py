@@ -35,9 +35,10 @@ from .product.control import ControlError
 from .product.lifecycle import LifecycleWebhooks
 from .product.limits import CallAdmission
 from .product.metrics import Metrics
-from .product.observers import CallObserver
+from .product.observers import CallObserver, StoreObserver
 from .product.service import PhoneService
 from .product.setup import caller_id, inbound_policy, limits_config, route_table, route_tools
+from .product.store import CallStore, StoreError
 from .product.trunks import (
     TrunkProfileError,
     allow_from_for,
@@ -147,6 +148,8 @@ class Server:
         self.metrics = Metrics(tool_names=[tool.name for tool in settings.tools])
         self.lifecycle = lifecycle_webhooks(settings, self.metrics)
         CallObserver(self.service.book, self.metrics, self.lifecycle)
+        #: The call store: opened by start() (a bad path stops start-up in one line).
+        self.store: CallStore | None = None
         #: RFC 3263 lookups of trunk host names (NAPTR, SRV, A), cached by their TTL.
         self.resolver = SipResolver()
 
@@ -192,6 +195,7 @@ class Server:
         self.endpoint = SipEndpoint(config, srtp_rng=os.urandom)
         network.attach(self.endpoint)
         self.network = network
+        self._open_store()
         await self._start_api()
         log.info("%s", self.service.policy.describe())
         warn_if_text_leaves(self.settings)
@@ -221,6 +225,22 @@ class Server:
         self.call_options.inference = self.inference
         self.call_options.conversation = conversation_config(self.settings)
         self.call_options.vad = vad_factory(self.settings)
+
+    def _open_store(self) -> None:
+        """[store]: open (or create, or upgrade) the database and purge calls past keep_days."""
+        settings = self.settings.store
+        if not settings.enabled or self.store is not None:
+            return
+        try:
+            self.store = CallStore(settings.path, fsync=settings.fsync)
+        except StoreError as exc:
+            raise ConfigError(f"store.path: {exc}") from None
+        self.service.store = self.store
+        StoreObserver(self.service.book, self.store)
+        if settings.keep_days:
+            recordings = self.settings.recording.directory
+            self._spawn(asyncio.to_thread(self.store.purge, settings.keep_days, recordings))
+        log.info("call store: %s", settings.path)
 
     async def _start_api(self) -> None:
         """The control API, in this loop (decision 0020); its token comes from the environment."""
@@ -297,6 +317,9 @@ class Server:
         await self.service.webhooks.aclose()
         if self.lifecycle is not None:
             await self.lifecycle.aclose()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)  # what is queued is committed
+            self.store = None
         for task in list(self._tasks):
             task.cancel()
         for call in list(self.calls.values()):

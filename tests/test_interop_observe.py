@@ -1,7 +1,7 @@
-"""Metrics and lifecycle webhooks of a running server (issue 16, items 5 and 6): sipp calls
-``sipagent serve``; ``GET /metrics`` parses with prometheus-client's parser and has moved; a local
-receiver gets ``call.started``, ``call.answered`` and ``call.ended`` with valid signatures; a receiver
-that is down delays nothing and its failure is counted.
+"""Metrics, lifecycle webhooks and the call store of a running server (issue 16, items 1, 5, 6):
+sipp calls ``sipagent serve``; ``GET /metrics`` parses with prometheus-client's parser and has moved; a
+local receiver gets ``call.started``, ``call.answered`` and ``call.ended`` with valid signatures; a
+receiver that is down delays nothing and its failure is counted; the call is in the store.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from peers.ports import free_tcp_port
 from peers.sipagent_proc import SipagentServer
 from peers.sipp import run_sipp, scenario_path
 from sipagent.product.lifecycle import verify_signature
+from sipagent.product.store import CallStore
 
 pytestmark = pytest.mark.peer
 
@@ -105,6 +106,10 @@ def test_metrics_move_and_a_receiver_gets_signed_lifecycle_events(tmp_path: Path
         report["outcome"] == "answered" and "1111" in report["from"] and "+15550001111" not in report["from"]
     )
     assert SECRET not in log
+    # The call store has the call too (the server stopped: everything queued was committed).
+    with CallStore(server.workdir / "calls.db") as store:
+        (stored,) = store.calls()
+    assert stored.direction == "inbound" and stored.outcome == "answered" and stored.ended_at is not None
 
 
 def test_a_receiver_that_is_down_delays_nothing_and_the_failure_is_counted(tmp_path: Path) -> None:

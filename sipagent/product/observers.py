@@ -5,12 +5,13 @@ nothing here blocks (the webhooks queue their deliveries)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from .calls import CallBook
 from .control import CallEvent
 from .lifecycle import LifecycleWebhooks, call_payload, end_of_call_report
 from .metrics import Metrics
+from .store import CallStore
 
 
 class CallObserver:
@@ -66,4 +67,55 @@ class CallObserver:
         self.webhooks.emit(kind, payload(info))
 
 
-__all__ = ["CallObserver"]
+class StoreObserver:
+    """Writes each call's record to the call store as its events happen (the turns themselves come
+    from the phone service, which has the whole turn record). Every write is queued: nothing waits
+    for the disk on the call's loop."""
+
+    def __init__(self, book: CallBook, store: CallStore) -> None:
+        self.store = store
+        book.observers.append(self.on_event)
+
+    def on_event(self, event: CallEvent) -> None:
+        data, call_id, store = event.data, event.call_id, self.store
+        if event.type == "call_started":
+            direction: Literal["inbound", "outbound"] = (
+                "outbound" if data.get("direction") == "outbound" else "inbound"
+            )
+            store.call_started(
+                call_id,
+                direction=direction,
+                caller=str(data.get("from")),
+                callee=str(data.get("to")),
+                route=data.get("route"),
+                mode=data.get("mode"),
+            )
+        elif event.type == "answered":
+            store.call_answered(call_id)
+        elif event.type == "dtmf":
+            store.dtmf(call_id, str(data.get("digit")))
+        elif event.type == "amd":
+            store.amd(call_id, str(data.get("result")), after_ms=data.get("after_ms"))
+        elif event.type == "tool_call":
+            store.tool_call(
+                call_id,
+                str(data.get("name")),
+                arguments=data.get("arguments"),
+                ok=data.get("ok"),
+                status=data.get("status"),
+                duration_ms=data.get("duration_ms"),
+                error=data.get("error"),
+                result=data.get("result"),
+            )
+        elif event.type == "transfer":
+            state = data.get("state")
+            if state not in ("requested", "succeeded", "failed"):
+                return
+            store.transfer(call_id, state=state, target=data.get("target"),
+                           sip_status=data.get("sip_status"), reason=data.get("reason"))  # fmt: skip
+        elif event.type == "call_ended":
+            store.call_ended(call_id, reason=str(data.get("reason")), sip_status=data.get("sip_status"),
+                             outcome=str(data.get("outcome")))  # fmt: skip
+
+
+__all__ = ["CallObserver", "StoreObserver"]

@@ -46,6 +46,7 @@ from .numbers import NumberError, mask, normalise
 from .policy import InboundPolicy
 from .ports import Admitted, Dial, Telephony
 from .routes import Route, RouteTable
+from .store import CallStore
 from .tools import NO_TOOLS, RouteTools
 from .webhooks import WebhookRunner, masked_arguments
 
@@ -122,6 +123,8 @@ class PhoneService:
         self._tools = tools or {}
         self.webhooks = webhooks or WebhookRunner()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The call store (set by the server when [store] is on).
+        self.store: CallStore | None = None
 
     # -- inbound ---------------------------------------------------------------------------------
     def admit_incoming(self, call_id: str, *, caller: str, dialled: str | None, source_host: str) -> Admitted:
@@ -444,6 +447,8 @@ class PhoneService:
 
     def _turn(self, call_id: str, record: TurnRecord) -> None:
         self.book.turn(call_id, record)
+        if self.store is not None:
+            self.store.turn(call_id, record)  # queued: committed as it completes, off the loop
 
     def _after(self, call_id: str, delay: float, action: Callable[[str], None]) -> None:
         plan = self._plans.get(call_id)
