@@ -22,8 +22,8 @@ from sipagent.voice.llm import (
     ChatTemplateError,
     LlmError,
     Turn,
-    chat_model_from_settings,
 )
+from sipagent.voice.llm_backends import chat_model_from_settings
 from sipagent.voice.llm_llama import LlamaCppChat
 from sipagent.voice.llm_openai import OpenAIChat
 from sipagent.voice.models import DEFAULT_LLM_MODEL, ROOT, resolve_model_path

@@ -27,53 +27,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..config import DEFAULT_SYSTEM_PROMPT
 from ..errors import SipAgentError
+from .llm_tools import openai_messages
+from .llm_turns import ReplyPart, Role, ToolCall, ToolChoice, ToolSpec, Turn
 
 if TYPE_CHECKING:
-    from ..config import LlmSettings
+    pass
 
-Role = Literal["user", "assistant", "tool"]
 _Part = TypeVar("_Part", str, "str | ToolCall")
-#: ``tool_choice`` as in OpenAI's API: "auto" (the model decides), "required" (some tool), or a name.
-ToolChoice = str
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """A tool the model may call: its name, what it is for, and its arguments as a JSON Schema
-    (an ``object`` schema, as JSON text: frozen, picklable, sent as it is)."""
-
-    name: str
-    description: str
-    parameters: str = '{"type": "object", "properties": {}}'
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One call of a tool by the model: ``arguments`` is the JSON text it produced (checked against
-    the tool's schema by whoever runs it, never trusted)."""
-
-    id: str
-    name: str
-    arguments: str
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One utterance in a call's history: the caller's words, the agent's (with the tools it called
-    after them), or a tool's result (``role = "tool"``, answering ``tool_call_id``)."""
-
-    role: Role
-    text: str
-    tool_calls: tuple[ToolCall, ...] = ()
-    tool_call_id: str | None = None
-
-
-#: What a reply with tools streams: pieces of speech, and each tool call once it is complete.
-ReplyPart = str | ToolCall
 
 
 @dataclass(frozen=True)
@@ -265,8 +229,6 @@ class ChatSession:
     def messages(self) -> list[dict[str, Any]]:
         """The conversation as OpenAI chat-completions messages, system prompt first (assistant
         turns with their ``tool_calls``, tool results as ``tool`` messages)."""
-        from .llm_tools import openai_messages
-
         return openai_messages(self.system_prompt, self._turns)
 
     def _drop_oldest_exchange(self) -> bool:
@@ -299,12 +261,16 @@ class _Snapshot:
     data: bytes
 
 
-def chat_model_from_settings(settings: LlmSettings) -> ChatModel:
-    """The backend the ``[llm]`` section names, loaded."""
-    if settings.backend == "openai":
-        from .llm_openai import OpenAIChat
-
-        return OpenAIChat.from_settings(settings)
-    from .llm_llama import LlamaCppChat
-
-    return LlamaCppChat.from_settings(settings)
+__all__ = [
+    "ChatModel",
+    "ChatSession",
+    "ChatTemplateError",
+    "LlmError",
+    "ReplyPart",
+    "Role",
+    "ToolCall",
+    "ToolChoice",
+    "ToolSpec",
+    "Turn",
+    "TurnStats",
+]

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .llm import ReplyPart, ToolCall, ToolSpec, Turn
+from .llm_turns import ReplyPart, ToolCall, ToolSpec, Turn
 
 if TYPE_CHECKING:
     from llama_cpp import Llama

@@ -21,7 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ...errors import SipAgentError
-from ..llm import ChatModel, chat_model_from_settings
+from ..llm import ChatModel
+from ..llm_backends import chat_model_from_settings
 from ..stt import Transcriber, WhisperTranscriber
 from ..tts import PiperSynthesizer, Synthesizer
 
