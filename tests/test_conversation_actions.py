@@ -78,6 +78,9 @@ def test_a_webhook_runs_once_the_reply_counts_and_the_agent_speaks_from_its_resu
     line.answer(TextPiece(4, "It has shipped."))
     line.answer(TextDone(4))
     assert _of(line, Synthesize)[-1][1] == Synthesize(5, "It has shipped.")
+    # The result came 520 ms after the tool started: no filler, and none is pending any more.
+    assert all(c.text != "One moment." for _, c in _of(line, Synthesize) if isinstance(c, Synthesize))
+    assert conversation.tools.filler_at is None
 
 
 def test_a_cancelled_speculation_runs_none_of_its_tools() -> None:
