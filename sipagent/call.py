@@ -116,6 +116,13 @@ class Call:
         return port
 
     @property
+    def live_session(self) -> RtpSession | None:
+        """The media engine while the call's media is open, else None."""
+        if self.transport is None or self.transport.closed:
+            return None
+        return self.transport.session
+
+    @property
     def session(self) -> RtpSession:
         """The media engine (after :meth:`open`)."""
         assert self.transport is not None

@@ -27,6 +27,7 @@ from .layers import (
     vad_factory,
     warn_if_text_leaves,
 )
+from .media_gauges import SAMPLE_INTERVAL, MediaSampler
 from .net.media_clock import MediaClock
 from .net.media_sockets import PortRangeExhausted
 from .net.sip_resolver import SipResolver
@@ -145,7 +146,9 @@ class Server:
         self.api: ApiServer | None = None
         #: Prometheus metrics (GET /metrics on the API) and the lifecycle webhooks, both fed from
         #: the call book's events (product/observers.py).
-        self.metrics = Metrics(tool_names=[tool.name for tool in settings.tools])
+        trunks = [settings.trunk.profile] if settings.trunk is not None else []
+        self.metrics = Metrics(tool_names=[tool.name for tool in settings.tools], trunks=trunks)
+        self.media_sampler = MediaSampler(self.metrics)
         self.lifecycle = lifecycle_webhooks(settings, self.metrics)
         CallObserver(self.service.book, self.metrics, self.lifecycle)
         #: The call store: opened by start() (a bad path stops start-up in one line).
@@ -207,6 +210,7 @@ class Server:
             advertised,
         )
         await self._attach_trunk()
+        self._spawn(self._sample_media())
         raise_loop_priority(self.settings.rtp.loop_nice)
         # Everything alive now (modules, settings, models) lives as long as the process. Frozen, the
         # cyclic collector stops walking it: a full collection of the startup heap alone stalls the
@@ -374,6 +378,7 @@ class Server:
             call = self.calls.pop(event.call_id, None)
             if call is not None:
                 call.outcome = call.outcome or event
+                self.media_sampler.closed(event.call_id, call.live_session)
                 call.close()
             status = event.status if isinstance(event, CallFailed) else None
             by_remote = isinstance(event, CallEnded) and event.by_remote
@@ -387,8 +392,21 @@ class Server:
         elif isinstance(event, RegistrationSucceeded):
             log.info("registered %s for %d s", event.aor, event.expires)
             self.registered.set()
+            self._registration(up=True)
         elif isinstance(event, RegistrationFailed):
             log.warning("registration of %s failed: %d %s", event.aor, event.status, event.reason)
+            self._registration(up=False)
+
+    def _registration(self, *, up: bool) -> None:
+        if self.settings.trunk is not None:
+            self.metrics.registration(self.settings.trunk.profile, up)
+
+    async def _sample_media(self) -> None:
+        """Line quality and the inference queue into the metrics, every few seconds (media_gauges)."""
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL)
+            sessions = [(call_id, s) for call_id, call in self.calls.items() if (s := call.live_session)]
+            self.media_sampler.sample(sessions, self.inference)
 
     def _hangup(self, call_id: str, reason: str | None = None) -> None:
         assert self.endpoint is not None and self.network is not None
