@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from peers.kamailio import Kamailio, RegisterRecord
@@ -55,6 +56,8 @@ def test_register_with_digest_honours_grant_and_refreshes_on_same_call_id(tmp_pa
             # Granted 10 s (we asked 3600): refresh at half the grant, so two OKs within ~7 s.
             _wait_for(lambda: len(_ok_registers(kamailio)) >= 2, 12, "a registration refresh")
             log = server.log()
+            metrics = httpx.get(f"{server.api_url}/metrics", timeout=10).text
+        assert 'sipagent_registration_up{trunk="generic"} 1.0' in metrics
         records = kamailio.register_log()
         oks = _ok_registers(kamailio)
         assert records[0].status == "challenge"
@@ -75,6 +78,8 @@ def test_wrong_password_is_reported_not_looped(tmp_path: Path) -> None:
             _wait_for(lambda: "registration of" in server.log(), 10, "the failure report")
             time.sleep(1.0)
             log = server.log()
+            metrics = httpx.get(f"{server.api_url}/metrics", timeout=10).text
+        assert 'sipagent_registration_up{trunk="generic"} 0.0' in metrics
         # Kamailio refuses a wrong answer with 403; a second 401 would give "authentication failed".
         assert "failed: 403" in log or "authentication failed" in log
         # One challenge, one answer, then back-off: no tight loop of REGISTERs.
