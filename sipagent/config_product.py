@@ -101,6 +101,12 @@ class RouteSettings(Section):
     tools: list[str] = Field(default_factory=list)
     #: Most tool calls the model may make in one turn before it must answer in words.
     max_tool_calls: int = Field(3, ge=1, le=20)
+    #: What the agent knows of a caller's earlier calls: ``per-call`` nothing; ``per-caller`` the last
+    #: ``memory_turns`` turns of this route's calls with the same number in the last ``memory_days``
+    #: days (from the call store; never another number's, never an anonymous caller's; decision 0028).
+    memory: Literal["per-call", "per-caller"] = "per-call"
+    memory_turns: int = Field(6, ge=1, le=20)
+    memory_days: int = Field(30, ge=1, le=3650)
 
     @field_validator("greeting", "instructions", "disclosure", "name", "language", "voice")
     @classmethod

@@ -8,6 +8,7 @@ without ``number``, else the settings' own greeting and instructions).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .numbers import caller_number
 
@@ -27,6 +28,11 @@ class Route:
     language: str | None = None
     #: A Piper voice's path other than the default one (loaded at start-up); None: the default.
     voice: str | None = None
+    #: ``per-caller``: the agent starts with the caller's earlier calls on this route (memory.py).
+    memory: Literal["per-call", "per-caller"] = "per-call"
+    #: With ``per-caller``: at most this many earlier turns, from calls begun in the last ``memory_days``.
+    memory_turns: int = 6
+    memory_days: int = 30
 
 
 class RouteTable:

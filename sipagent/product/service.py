@@ -42,11 +42,12 @@ from .control import (
     PlaceCall,
 )
 from .limits import CallAdmission
+from .memory import CallerMemory, recall_for_call, with_memory
 from .numbers import NumberError, mask, normalise
 from .policy import InboundPolicy
 from .ports import Admitted, Dial, Telephony
 from .routes import Route, RouteTable
-from .store import CallStore
+from .store import CallStore, StoreError
 from .tools import NO_TOOLS, RouteTools
 from .webhooks import WebhookRunner, masked_arguments
 
@@ -83,6 +84,8 @@ class _Plan:
     tools: RouteTools = NO_TOOLS
     #: Answering-machine detection policy (outbound; None: off).
     amd: AmdPolicy | None = None
+    #: The caller's earlier calls being read (a per-caller route's conversation; memory.py).
+    memory: asyncio.Task[str | None] | None = None
     #: Why we ended it (set before our BYE or CANCEL): the call_ended event's reason.
     end_reason: str | None = None
     answered: bool = False
@@ -123,8 +126,25 @@ class PhoneService:
         self._tools = tools or {}
         self.webhooks = webhooks or WebhookRunner()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: The call store (set by the server when [store] is on).
-        self.store: CallStore | None = None
+        self._store: CallStore | None = None
+        #: Callers' earlier calls, in the store's file (set with the store).
+        self.memory: CallerMemory | None = None
+
+    @property
+    def store(self) -> CallStore | None:
+        """The call store (set by the server when [store] is on)."""
+        return self._store
+
+    @store.setter
+    def store(self, store: CallStore | None) -> None:
+        # The callers' memory reads the file's secret now, where the store is opened (start-up), so
+        # no call's start waits for the disk.
+        self._store, self.memory = store, None
+        if store is not None:
+            try:
+                self.memory = CallerMemory(store.path)
+            except StoreError as exc:
+                log.warning("%s: calls are stored without caller keys, no route remembers callers", exc)
 
     # -- inbound ---------------------------------------------------------------------------------
     def admit_incoming(self, call_id: str, *, caller: str, dialled: str | None, source_host: str) -> Admitted:
@@ -150,6 +170,7 @@ class PhoneService:
         number = decision.number or caller
         self.book.started(call_id, direction="inbound", caller=number, callee=dialled or "", route=route.name,
                           mode="conversation")  # fmt: skip
+        self._remember(call_id, decision.number, route)
         log.info("incoming call %s from %s to %s: route %s", call_id, mask(number), mask(dialled or ""),
                  route.name)  # fmt: skip
         return Admitted(route=route)
@@ -178,6 +199,7 @@ class PhoneService:
         caller = dial.from_uri.user if dial.from_uri is not None and dial.from_uri.user else "sipagent"
         info = self.book.started(call_id, direction="outbound", caller=caller, callee=callee,
                                  route=self._outbound_route.name, mode=request.mode)  # fmt: skip
+        self._remember(call_id, callee, self._outbound_route)  # the "caller" is the number called
         log.info("calling %s (call %s, %s)", mask(callee), call_id, request.mode)
         if plan.ring_timeout is not None:
             self._after(call_id, plan.ring_timeout, self._ring_timeout)
@@ -266,14 +288,43 @@ class PhoneService:
         if plan.amd is not None:  # the agent stays silent until the detector has decided
             call.start_amd(plan.amd, lambda event: self._amd_event(call_id, event))
         else:
-            self._begin(call, plan)
+            self._begin(call_id, call, plan)
 
-    def _begin(self, call: Call, plan: _Plan) -> None:
-        """The agent starts: its conversation, and what the call says first."""
-        call.start_agent(plan.conversation)
+    def _begin(self, call_id: str, call: Call, plan: _Plan) -> None:
+        """The agent starts: its conversation (with the caller's memory on a per-caller route), and
+        what the call says first."""
+        if plan.memory is not None and not plan.memory.done():
+            # Read since the admission and bounded by its timeout: the agent waits for it.
+            task = asyncio.get_running_loop().create_task(self._begin_remembering(call_id, plan))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        conversation = plan.conversation
+        if plan.memory is not None and conversation is not None and not plan.memory.cancelled():
+            conversation = with_memory(conversation, plan.memory.result())
+        call.start_agent(conversation)
         for i, text in enumerate(plan.says):
             last = i == len(plan.says) - 1
             call.say(text, hang_up_after=plan.hang_up_after if last else None)
+
+    async def _begin_remembering(self, call_id: str, plan: _Plan) -> None:
+        assert plan.memory is not None
+        await asyncio.wait({plan.memory})  # recall_for_call never raises; its timeout bounds this
+        call = self.telephony.call(call_id)
+        if self._plans.get(call_id) is plan and call is not None:
+            self._begin(call_id, call, plan)
+
+    def _remember(self, call_id: str, number: str | None, route: Route) -> None:
+        """Mark the call with its caller's key (memory.py: a keyed hash, never the number) and, on a
+        per-caller route, start reading the caller's earlier calls, off the loop."""
+        plan, memory, store = self._plans.get(call_id), self.memory, self._store
+        key = None if memory is None else memory.key(number)
+        if plan is None or memory is None or store is None or key is None:
+            return  # no store, or a caller with no number: nothing to remember by
+        store.caller_key(call_id, key)
+        if route.memory == "per-caller" and plan.mode == "conversation" and plan.conversation is not None:
+            recall = recall_for_call(memory, key, route, call_id=call_id)
+            plan.memory = asyncio.get_running_loop().create_task(recall)
 
     def _amd_event(self, call_id: str, event: AmdEvent) -> None:
         """What answering-machine detection found, and what the call does about it."""
@@ -292,7 +343,7 @@ class PhoneService:
                 plan.end_reason = f"answering machine ({event.reason})"
                 self.telephony.hang_up(call_id)
             else:
-                self._begin(call, plan)
+                self._begin(call_id, call, plan)
 
     def closing(self, call_id: str, reason: str) -> None:
         """We are ending the call for ``reason`` (the agent's EndCall reason, media-timeout…)."""
@@ -308,6 +359,8 @@ class PhoneService:
             return
         for timer in plan.timers:
             timer.cancel()
+        if plan.memory is not None:
+            plan.memory.cancel()  # a read still under way is no longer wanted
         info = self.book.get(call_id) if call_id in {c.id for c in self.book.list()} else None
         answered = info is not None and info.answered_at is not None
         if status is None and reason.startswith("rejected-") and reason[9:].isdigit():

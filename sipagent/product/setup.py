@@ -66,6 +66,11 @@ def route_table(settings: Settings) -> RouteTable:
             raise ConfigError(f"invalid configuration:\n  routes[{i}].voice: {voice} does not exist "
                               "(a Piper .onnx voice, with its .onnx.json beside it)")  # fmt: skip
         _same_model(entry.language, settings.stt.language, f"routes[{i}].language", "[stt] language")
+        if entry.memory == "per-caller" and not settings.store.enabled:
+            raise ConfigError(
+                f"invalid configuration:\n  routes[{i}].memory: per-caller remembers callers in the "
+                "call store: set [store] enabled = true, or use per-call"
+            )
         route = Route(
             name=entry.name or number or "default",
             number=number,
@@ -76,6 +81,9 @@ def route_table(settings: Settings) -> RouteTable:
             disclosure=entry.disclosure,
             language=entry.language,
             voice=None if voice == str(settings.tts.voice) else voice,
+            memory=entry.memory,
+            memory_turns=entry.memory_turns,
+            memory_days=entry.memory_days,
         )
         if number is None:
             default = route

@@ -193,6 +193,10 @@ class CallStore:
             values,
         )
 
+    def caller_key(self, call_id: str, key: str) -> None:
+        """The keyed hash of the call's caller number (:mod:`sipagent.product.memory`; never the number)."""
+        self._write("UPDATE calls SET caller_key = ? WHERE id = ?", (key, call_id))
+
     def call_answered(self, call_id: str, *, at: float | None = None) -> None:
         self._write("UPDATE calls SET answered_at = ? WHERE id = ?", (self._at(at), call_id))
 

@@ -99,6 +99,20 @@ CREATE INDEX dtmf_call ON dtmf(call_id);
 CREATE INDEX transfers_call ON transfers(call_id);
 """
 
+# Memory per caller (decision 0028): calls.caller_key is HMAC-SHA256(meta "caller_key_secret", the
+# caller's E.164 number) in hex, so a caller's earlier calls can be found with no full number stored;
+# the secret is 32 random bytes made once per database here (SQLite's randomblob: ChaCha20 seeded from
+# the OS), so keys differ between stores and cannot be looked up in a table of hashed numbers.
+_V3 = """
+ALTER TABLE calls ADD COLUMN caller_key TEXT;
+CREATE INDEX calls_caller_key ON calls(caller_key, route, started_at);
+CREATE TABLE meta (
+    name        TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+);
+INSERT INTO meta (name, value) VALUES ('caller_key_secret', lower(hex(randomblob(32))));
+"""
+
 #: Step *n* (from 1) takes a database from version *n - 1* to *n*.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
