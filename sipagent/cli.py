@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from .cli_control import COMMANDS
+from .cli_reports import COMMANDS as REPORT_COMMANDS
 from .config import ConfigError, Settings, load_settings
 from .replay.capture import CallerLeg
 from .replay.impair import Impairments
@@ -298,6 +299,7 @@ async def _replay_pipeline(
         await inference.aclose()
 
 
-# The commands that talk to a running server through its control API (sipagent/cli_control.py).
-for _command in COMMANDS:
+# The commands that talk to a running server through its control API (sipagent/cli_control.py),
+# and the reports read from the call store (sipagent/cli_reports.py).
+for _command in (*COMMANDS, *REPORT_COMMANDS):
     main.add_command(_command)

@@ -1,6 +1,6 @@
 """The commands that drive a running ``sipagent serve`` through its control API.
 
-``call``, ``calls``, ``status``, ``speak``, ``dtmf``, ``end`` and ``tail`` each find the API from
+``call``, ``calls --live``, ``status``, ``speak``, ``dtmf``, ``end`` and ``tail`` each find the API from
 ``--api URL``, else from the configuration's ``[api]`` table (``--config FILE``; the defaults
 without one: http://127.0.0.1:8060), and send the token held by the environment variable that
 ``[api] token_env`` names (``SIPAGENT_API_TOKEN``). Every failure is one line on stderr, never a
@@ -256,11 +256,9 @@ def _follow(client: ApiClient, call: dict[str, Any], *, quiet: bool) -> dict[str
     return call
 
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the calls.")
-@_api_options
-def calls(as_json: bool, api: str | None, config: Path | None) -> None:
-    """List the server's calls: in progress and the most recent ended ones, newest first."""
+def print_live_calls(as_json: bool, api: str | None, config: Path | None) -> None:
+    """``sipagent calls --live`` (the command is in cli_reports.py: without --live it reads the store):
+    the server's calls, in progress and the most recent ended ones, newest first."""
     with _errors(), _connect(api, config) as client:
         listing = client.list_calls()
     if as_json:
@@ -379,4 +377,4 @@ def tail(call_id: str | None, as_json: bool, api: str | None, config: Path | Non
             events.close()  # closes the WebSocket now, not when the generator is collected
 
 
-COMMANDS = (call, calls, status, speak, dtmf, end, tail)
+COMMANDS = (call, status, speak, dtmf, end, tail)

@@ -210,8 +210,10 @@ def test_call_help_says_it_needs_a_running_server() -> None:
 # ------------------------------------------------------------------------- the other commands
 
 
-def test_calls_prints_a_table_or_a_json_array(server: Background) -> None:
-    assert invoke("calls", "--api", server.url).stdout.strip() == "no calls"
+def test_calls_live_prints_a_table_or_a_json_array(server: Background) -> None:
+    # `calls --live` (an --api URL on the command line implies it): what the server holds, not the
+    # store's history (tests/test_cli_reports.py).
+    assert invoke("calls", "--live", "--api", server.url).stdout.strip() == "no calls"
     invoke("call", "+15550000486", "--api", server.url)
     invoke("call", "+15550000200", "--api", server.url)
     table = invoke("calls", "--api", server.url)
@@ -332,15 +334,17 @@ def test_the_api_is_found_from_the_config(server: Background, tmp_path: Path) ->
     config = tmp_path / "sipagent.toml"
     port = server.server.bound_port
     config.write_text(f'[api]\nbind = "0.0.0.0"\nport = {port}\ntoken_env = "MY_SIPAGENT_TOKEN"\n')
-    result = invoke("calls", "--json", "--config", str(config), token=None, env={"MY_SIPAGENT_TOKEN": TOKEN})
+    result = invoke(
+        "calls", "--live", "--json", "--config", str(config), token=None, env={"MY_SIPAGENT_TOKEN": TOKEN}
+    )
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout) == []
     # The URL from the environment, as --api.
-    assert invoke("calls", env={"SIPAGENT_API_URL": server.url}).exit_code == 0
+    assert invoke("calls", "--live", env={"SIPAGENT_API_URL": server.url}).exit_code == 0
 
 
 def test_a_bad_config_or_url_is_one_line(tmp_path: Path) -> None:
-    line = one_line_error(invoke("calls", "--config", str(tmp_path / "missing.toml")))
+    line = one_line_error(invoke("calls", "--live", "--config", str(tmp_path / "missing.toml")))
     assert "does not exist" in line
     result = invoke("calls", "--api", "127.0.0.1:8060")
     assert result.exit_code == 2 and "http://" in result.stderr

@@ -26,9 +26,10 @@ warned about).
 logs, and the service decides whether the store keeps full numbers (say, for call-backs) or masked
 ones.
 
-Reads (:meth:`~CallStore.calls`, :meth:`~CallStore.call`, :meth:`~CallStore.turn_latencies`) open
-their own connection: WAL readers never wait for the writer, and the CLI may read a file a running
-server is writing (they see what is committed).
+Reads (:meth:`~CallStore.calls`, :meth:`~CallStore.call`, :meth:`~CallStore.turn_latencies`) go
+through :class:`~sipagent.product.store_reads.StoreReader`, read-only and on their own connection:
+WAL readers never wait for the writer, and the CLI reads a file a running server is writing (what
+is committed) through the same class.
 """
 
 from __future__ import annotations
@@ -41,15 +42,15 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from contextlib import closing, contextmanager, suppress
-from dataclasses import dataclass, replace
+from contextlib import closing, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import SipAgentError
 from ..voice.conversation import Outcome, TurnRecord
+from .store_reads import TURN_COLUMNS, StoredCall, StoredTurn, StoreError, StoreReader, StoreSchemaError
 from .store_schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = [
@@ -66,81 +67,11 @@ log = logging.getLogger("sipagent.store")
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-#: How long a connection waits for another's lock (a purge, a second process) before failing (ms).
+#: How long the writer waits for another's lock (a purge, a second process) before failing (ms).
 BUSY_TIMEOUT_MS = 5000
 _DAY = 86400.0
 #: The files a recording is made of (sipagent/rtp/recorder.py): ``<prefix>-<leg>.wav``.
 RECORDING_LEGS = ("caller", "agent", "both")
-
-
-class StoreError(SipAgentError):
-    """The call store cannot be opened or used (names the file and what failed)."""
-
-
-class StoreSchemaError(StoreError):
-    """The database was written by a newer sipagent (its schema version is beyond this one's)."""
-
-
-@dataclass(frozen=True)
-class StoredTurn:
-    """One turn of a stored call (times in Unix seconds, durations in ms)."""
-
-    turn: int
-    at: float
-    caller: str
-    agent_said: str | None
-    agent_heard: str
-    outcome: str
-    interrupted: bool
-    speculative: bool
-    scripted: bool
-    error: str | None
-    end_of_turn_wait_ms: float | None
-    stt_ms: float | None
-    llm_first_token_ms: float | None
-    first_sentence_ms: float | None
-    tts_first_audio_ms: float | None
-    latency_ms: float | None
-    holds: int
-    turn_complete_probability: float | None
-
-
-@dataclass(frozen=True)
-class StoredCall:
-    """A stored call; :meth:`CallStore.call` fills in what happened in it (the list reads do not)."""
-
-    id: str
-    direction: str
-    from_number: str | None
-    to_number: str | None
-    route: str | None
-    trunk: str | None
-    mode: str | None
-    started_at: float
-    answered_at: float | None
-    ended_at: float | None
-    end_reason: str | None
-    sip_status: int | None
-    outcome: str | None
-    amd_result: str | None
-    amd_after_ms: float | None
-    recording: str | None
-    turns: tuple[StoredTurn, ...] = ()
-    tool_calls: tuple[dict[str, Any], ...] = ()
-    dtmf: tuple[dict[str, Any], ...] = ()
-    barge_ins: tuple[dict[str, Any], ...] = ()
-    transfers: tuple[dict[str, Any], ...] = ()
-
-
-_CALL_COLUMNS = (
-    "id, direction, from_number, to_number, route, trunk, mode, started_at, answered_at, ended_at, "
-    "end_reason, sip_status, outcome, amd_result, amd_after_ms, recording"
-)
-_TURN_COLUMNS = (
-    "turn, at, caller, agent_said, agent_heard, outcome, interrupted, speculative, scripted, error, "
-    "end_of_turn_wait_ms, stt_ms, llm_first_token_ms, first_sentence_ms, tts_first_audio_ms, latency_ms, "
-    "holds, turn_complete_probability"
-)
 
 
 @dataclass
@@ -166,6 +97,7 @@ class CallStore:
         with closing(self._connect()) as conn:
             _migrate(conn, self.path)
         self._fix_permissions()
+        self._reader = StoreReader(self.path)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._write_loop, name="sipagent-store", daemon=True)
@@ -236,7 +168,7 @@ class CallStore:
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT OR REPLACE INTO turns (call_id, {_TURN_COLUMNS}) VALUES ({_marks(19)})", turn_row
+                f"INSERT OR REPLACE INTO turns (call_id, {TURN_COLUMNS}) VALUES ({_marks(19)})", turn_row
             )
             if barge_in is not None:
                 conn.execute(
@@ -341,55 +273,18 @@ class CallStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- reads (block on the disk) --------------------------------------------------------------
+    # -- reads (block on the disk; see store_reads) ----------------------------------------------
     def calls(self, since: float | None = None, limit: int = 50) -> list[StoredCall]:
         """Calls begun at or after ``since`` (Unix seconds; None: any), newest first, at most ``limit``."""
-        with self._reading() as conn:
-            rows = conn.execute(
-                f"SELECT {_CALL_COLUMNS} FROM calls WHERE started_at >= ? "
-                "ORDER BY started_at DESC, rowid DESC LIMIT ?",
-                (float("-inf") if since is None else since, limit),
-            ).fetchall()
-        return [StoredCall(*row) for row in rows]
+        return self._reader.calls(since, limit)
 
     def call(self, call_id: str) -> StoredCall | None:
         """One call with its turns, tool calls, key presses, barge-ins and transfers (None: no such call)."""
-        with self._reading() as conn:
-            row = conn.execute(f"SELECT {_CALL_COLUMNS} FROM calls WHERE id = ?", (call_id,)).fetchone()
-            if row is None:
-                return None
-            turns = conn.execute(
-                f"SELECT {_TURN_COLUMNS} FROM turns WHERE call_id = ? ORDER BY turn", (call_id,)
-            ).fetchall()
-            events = {
-                table: _dicts(
-                    conn.execute(f"SELECT * FROM {table} WHERE call_id = ? ORDER BY at, rowid", (call_id,))
-                )
-                for table in ("tool_calls", "dtmf", "barge_ins", "transfers")
-            }
-        tool_calls = tuple(
-            {**item, "ok": None if item["ok"] is None else bool(item["ok"]),
-             "arguments": None if item["arguments"] is None else json.loads(item["arguments"])}
-            for item in events["tool_calls"]
-        )  # fmt: skip
-        return replace(
-            StoredCall(*row),
-            turns=tuple(_turn(t) for t in turns),
-            tool_calls=tool_calls,
-            dtmf=events["dtmf"],
-            barge_ins=events["barge_ins"],
-            transfers=events["transfers"],
-        )
+        return self._reader.call(call_id)
 
     def turn_latencies(self, last: int = 100) -> list[float]:
         """The wire latency (ms) of the ``last`` measured turns of any call, oldest first."""
-        with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT latency_ms FROM turns WHERE latency_ms IS NOT NULL "
-                "ORDER BY at DESC, rowid DESC LIMIT ?",
-                (last,),
-            ).fetchall()
-        return [float(r[0]) for r in reversed(rows)]
+        return self._reader.turn_latencies(last)
 
     # -- inside ---------------------------------------------------------------------------------
     def _at(self, at: float | None) -> float:
@@ -456,18 +351,6 @@ class CallStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"call store {self.path} cannot be opened: {exc}") from exc
         return conn
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"call store {self.path} cannot be read: {exc}") from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            yield conn
-        finally:
-            conn.close()
 
     def _prepare_directory(self) -> None:
         directory = self.path.parent
@@ -577,14 +460,3 @@ def _purge(conn: sqlite3.Connection, cutoff: float, recordings_dir: Path | None)
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
-
-def _dicts(cursor: sqlite3.Cursor) -> tuple[dict[str, Any], ...]:
-    names = [d[0] for d in cursor.description]
-    return tuple(dict(zip(names, row, strict=True)) for row in cursor.fetchall())
-
-
-def _turn(row: tuple[Any, ...]) -> StoredTurn:
-    values = list(row)
-    for i in (6, 7, 8):  # interrupted, speculative, scripted
-        values[i] = bool(values[i])
-    return StoredTurn(*values)
