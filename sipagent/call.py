@@ -50,8 +50,6 @@ class CallOptions:
     port_min: int = 10000
     port_max: int = 20000
     media_timeout: float = 30.0
-    #: Write both legs as WAV under this folder (None: no recording).
-    record_dir: Path | None = None
     #: Echo mode repeats received DTMF back as RFC 4733 events (so a peer can check ours).
     echo_dtmf: bool = True
     #: Agent mode: the models every call shares, and each call's conversation behaviour.
@@ -108,12 +106,19 @@ class Call:
             ),
         )
         self.transport = MediaTransport(session, self._on_tick, self._on_media_event, self.clock)
-        port = await self.transport.bind(self.options.bind, self.options.port_min, self.options.port_max)
-        if self.options.record_dir is not None:
-            self.options.record_dir.mkdir(parents=True, exist_ok=True)
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.call_id)[:80]
-            self.recorder = CallRecorder(self.options.record_dir / safe)
-        return port
+        return await self.transport.bind(self.options.bind, self.options.port_min, self.options.port_max)
+
+    def start_recording(self, path: Path) -> Path | None:
+        """From the next tick on, record the call to ``path``: one stereo WAV, the caller's frame on
+        the left and ours on the right, tick by tick (decision 0031). Started at the answer, before
+        the agent's first word; a second call keeps the first recording. Returns the file recorded
+        to (None: the call is over). Raises OSError when the file cannot be written."""
+        if self.ended.is_set():
+            return None
+        if self.recorder is None:
+            self.recorder = CallRecorder(path.with_suffix(""), stereo=True, mono=False, both_path=path)
+        assert self.recorder.both_path is not None
+        return self.recorder.both_path
 
     @property
     def live_session(self) -> RtpSession | None:

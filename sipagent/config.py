@@ -191,9 +191,12 @@ class TrunkSettings(_Section):
 
 
 class RecordingSettings(_Section):
-    """Call recording: both legs as 8 kHz WAV files, crash-safe (every finished second is kept)."""
+    """Call recording: one 8 kHz stereo WAV per call (caller left, agent right), crash-safe (every
+    finished second is kept); a route's ``record`` overrides ``enabled`` for its calls (decision 0031)."""
 
+    #: Record every call (a route with ``record = false`` excepted).
     enabled: bool = False
+    #: Where the recordings go (made 0700; each file 0600).
     directory: Path = Path("recordings")
 
 

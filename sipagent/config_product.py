@@ -88,6 +88,9 @@ class RouteSettings(Section):
     #: A Piper voice for this route (``.onnx`` with its ``.onnx.json``; relative paths resolve
     #: against the source tree like ``[tts] voice``); none: ``[tts] voice``. Each is loaded once.
     voice: str | None = None
+    #: Record this route's calls: one stereo WAV each in ``[recording] directory`` (caller left,
+    #: agent right); false: never, even with ``[recording] enabled``; unset: as ``enabled`` says.
+    record: bool | None = None
 
     #: Where the agent (``transfer_call``) and the keypad (``transfer:<name>``) may send a caller:
     #: name → E.164 number (or a national one of ``[inbound] default_country``) or SIP URI. The names

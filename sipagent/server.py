@@ -37,6 +37,7 @@ from .product.lifecycle import LifecycleWebhooks
 from .product.limits import CallAdmission
 from .product.metrics import Metrics
 from .product.observers import CallObserver, StoreObserver
+from .product.recordings import RecordingPolicy
 from .product.service import PhoneService
 from .product.setup import caller_id, inbound_policy, limits_config, route_table, route_tools
 from .product.store import CallStore, StoreError
@@ -90,7 +91,6 @@ class Server:
             port_min=rtp.port_min,
             port_max=rtp.port_max,
             media_timeout=rtp.media_timeout,
-            record_dir=settings.recording.directory if settings.recording.enabled else None,
         )
         #: One timer per millisecond slot for every call's media (made on the running loop).
         self.media_clock: MediaClock | None = None
@@ -139,6 +139,8 @@ class Server:
             goodbye=settings.limits.goodbye,
             tools=tools,
             webhooks=WebhookRunner(),
+            # [recording] enabled records every call, a route's record its own (decision 0031).
+            recordings=RecordingPolicy(settings.recording.directory, every_call=settings.recording.enabled),
         )
         webhooks = {tool.name: tool for route in tools.values() for tool in route.webhooks.values()}
         for problem in missing_environment(webhooks.values()):

@@ -169,6 +169,7 @@ def test_a_copy_taken_mid_call_is_playable_up_to_the_last_fix_up(tmp_path: Path)
     pairs = both.reshape(-1, 2)[: fixed_up * SAMPLES_PER_FRAME]
     assert np.array_equal(pairs[:, 0], expected(fixed_up, 1))
     recorder.close()
+    assert recorder.caller_path is not None
     assert read(recorder.caller_path)[0].nframes == 175 * SAMPLES_PER_FRAME
 
 

@@ -159,6 +159,9 @@ class CallInfoModel(BaseModel):
         description="How the call turned out (set when it ends)."
     )
     turns: list[TurnModel]
+    recording: str | None = Field(
+        None, description="The call's stereo WAV (caller left, agent right) from its answer; null: none."
+    )
 
 
 class CallListModel(BaseModel):

@@ -116,6 +116,12 @@ class CallBook:
                       duration=None if info.duration is None else round(info.duration, 3))  # fmt: skip
         self._forget_old()
 
+    def recording(self, call_id: str, path: str) -> None:
+        """The call is being recorded to ``path`` (its status and end-of-call report say where)."""
+        info = self._calls.get(call_id)
+        if info is not None:
+            self._calls[call_id] = replace(info, recording=path)
+
     def note(self, call_id: str, type_: str, **data: Any) -> None:
         """Something else the call did (a tool call, a transfer), as an event."""
         if call_id in self._calls:

@@ -130,6 +130,8 @@ class CallInfo:
     sip_status: int | None = None
     outcome: CallOutcome | None = None
     turns: tuple[Turn, ...] = ()
+    #: The call's recording (a stereo WAV's path), from its answer; None: not recorded.
+    recording: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -164,6 +166,7 @@ class CallInfo:
                 }
                 for t in self.turns
             ],
+            "recording": self.recording,
         }
 
 

@@ -53,9 +53,8 @@ class CallObserver:
             if metrics is not None:
                 metrics.call_ended(direction, str(data.get("outcome")))
             tools, amd = self._tools.pop(call_id, []), self._amd.pop(call_id, None)
-            self._emit(
-                "call.ended", call_id, lambda info: end_of_call_report(info, tool_calls=tools, amd=amd)
-            )
+            self._emit("call.ended", call_id, lambda info: end_of_call_report(
+                info, tool_calls=tools, amd=amd, recording_path=info.recording))  # fmt: skip
 
     def _emit(self, kind: str, call_id: str, payload: Any) -> None:
         if self.webhooks is None:

@@ -28,6 +28,8 @@ class Route:
     language: str | None = None
     #: A Piper voice's path other than the default one (loaded at start-up); None: the default.
     voice: str | None = None
+    #: Record this route's calls (one stereo WAV each); None: as ``[recording] enabled`` says.
+    record: bool | None = None
     #: ``per-caller``: the agent starts with the caller's earlier calls on this route (memory.py).
     memory: Literal["per-call", "per-caller"] = "per-call"
     #: With ``per-caller``: at most this many earlier turns, from calls begun in the last ``memory_days``.

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ..call import Call
 from ..sip.errors import RemoteProtocolError
@@ -46,6 +47,7 @@ from .memory import CallerMemory, recall_for_call, with_memory
 from .numbers import NumberError, mask, normalise
 from .policy import InboundPolicy
 from .ports import Admitted, Dial, Telephony
+from .recordings import RecordingPolicy, create_recording_file
 from .routes import Route, RouteTable
 from .store import CallStore, StoreError
 from .tools import NO_TOOLS, RouteTools
@@ -84,6 +86,8 @@ class _Plan:
     tools: RouteTools = NO_TOOLS
     #: Answering-machine detection policy (outbound; None: off).
     amd: AmdPolicy | None = None
+    #: Record the call from its answer (the route's ``record``, else ``[recording] enabled``).
+    record: bool = False
     #: The caller's earlier calls being read (a per-caller route's conversation; memory.py).
     memory: asyncio.Task[str | None] | None = None
     #: Why we ended it (set before our BYE or CANCEL): the call_ended event's reason.
@@ -109,6 +113,7 @@ class PhoneService:
         book: CallBook | None = None,
         tools: dict[str, RouteTools] | None = None,
         webhooks: WebhookRunner | None = None,
+        recordings: RecordingPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.telephony = telephony
@@ -129,6 +134,8 @@ class PhoneService:
         self._store: CallStore | None = None
         #: Callers' earlier calls, in the store's file (set with the store).
         self.memory: CallerMemory | None = None
+        #: Which calls are recorded and where (None: none is).
+        self.recordings = recordings
 
     @property
     def store(self) -> CallStore | None:
@@ -165,7 +172,7 @@ class PhoneService:
         config = self._conversation(route, greeting=_joined(route.disclosure, route.greeting))
         self._plans[call_id] = _Plan(
             "inbound", "conversation", config, max_duration=self.admission.config.max_call_duration_s,
-            tools=self._tools.get(route.name, NO_TOOLS),
+            tools=self._tools.get(route.name, NO_TOOLS), record=self._records(route),
         )  # fmt: skip
         number = decision.number or caller
         self.book.started(call_id, direction="inbound", caller=number, callee=dialled or "", route=route.name,
@@ -195,6 +202,7 @@ class PhoneService:
             self.admission.release(pending)
         self.admission.admit_outbound(call_id, self._clock())  # counted from now on, whatever the limit
         plan.amd = request.amd
+        plan.record = self._records(self._outbound_route)
         self._plans[call_id] = plan
         caller = dial.from_uri.user if dial.from_uri is not None and dial.from_uri.user else "sipagent"
         info = self.book.started(call_id, direction="outbound", caller=caller, callee=callee,
@@ -281,6 +289,8 @@ class PhoneService:
             timer.cancel()  # the ring timeout
         plan.timers.clear()
         self.book.answered(call_id)
+        if plan.record:  # before the agent's first word: the recording holds the whole call
+            self._record(call_id, call)
         call.on_turn = lambda record: self._turn(call_id, record)
         call.on_dtmf = lambda digit: self.book.dtmf(call_id, digit)
         call.on_action = lambda command: self._act(call_id, command)
@@ -497,6 +507,29 @@ class PhoneService:
             keys=tools.key_actions,
             max_tool_calls=tools.max_calls_per_turn,
         )
+
+    def _records(self, route: Route) -> bool:
+        return self.recordings is not None and self.recordings.records(route.record)
+
+    def _record(self, call_id: str, call: Call) -> None:
+        """Start the call's recording and link it from the call's record (the book: the API and the
+        end-of-call report; the store). A file that cannot be made costs the recording, not the call."""
+        assert self.recordings is not None
+        made: Path | None = None
+        try:
+            made = create_recording_file(self.recordings.directory, call_id)
+            path = call.start_recording(made)
+        except OSError as exc:
+            log.warning("call %s: not recorded: %s", call_id, exc)
+            path = None
+        if path is None:
+            if made is not None:
+                made.unlink(missing_ok=True)
+            return
+        log.info("call %s: recording to %s", call_id, path)
+        self.book.recording(call_id, str(path))
+        if self.store is not None:
+            self.store.recording(call_id, str(path))
 
     def _turn(self, call_id: str, record: TurnRecord) -> None:
         self.book.turn(call_id, record)

@@ -81,6 +81,7 @@ def route_table(settings: Settings) -> RouteTable:
             disclosure=entry.disclosure,
             language=entry.language,
             voice=None if voice == str(settings.tts.voice) else voice,
+            record=entry.record,
             memory=entry.memory,
             memory_turns=entry.memory_turns,
             memory_days=entry.memory_days,

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..voice.conversation import Outcome, TurnRecord
+from .recordings import recordings_of
 from .store_reads import TURN_COLUMNS, StoredCall, StoredTurn, StoreError, StoreReader, StoreSchemaError
 from .store_schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -138,9 +139,10 @@ class CallStore:
             "UPDATE calls SET amd_result = ?, amd_after_ms = ? WHERE id = ?", (result, after_ms, call_id)
         )
 
-    def recording(self, call_id: str, path_prefix: str) -> None:
-        """The call is recorded to ``path_prefix``-caller.wav and the rest (:func:`recording_files`)."""
-        self._write("UPDATE calls SET recording = ? WHERE id = ?", (path_prefix, call_id))
+    def recording(self, call_id: str, path: str) -> None:
+        """The call is recorded to ``path``, its stereo WAV (decision 0031; rows of earlier releases
+        hold the prefix of ``-caller.wav``, ``-agent.wav``…: :func:`recording_files` knows both)."""
+        self._write("UPDATE calls SET recording = ? WHERE id = ?", (path, call_id))
 
     def rename(self, old: str, new: str) -> None:
         """A call placed before its Call-ID was known gets it (its rows follow)."""
@@ -396,8 +398,11 @@ class CallStore:
 
 
 def recording_files(prefix: str | Path) -> list[Path]:
-    """The files of a recording made to ``prefix``: ``<prefix>-caller.wav``, ``-agent.wav``, ``-both.wav``."""
+    """The files of a recording: a ``.wav`` path is the file itself (decision 0031); else the legs made
+    to ``prefix`` by earlier releases, ``<prefix>-caller.wav``, ``-agent.wav``, ``-both.wav``."""
     prefix = Path(prefix)
+    if prefix.suffix == ".wav":
+        return [prefix] if prefix.is_file() else []
     candidates = (prefix.with_name(f"{prefix.name}-{leg}.wav") for leg in RECORDING_LEGS)
     return [p for p in candidates if p.exists()]
 
@@ -449,6 +454,7 @@ def _purge(conn: sqlite3.Connection, cutoff: float, recordings_dir: Path | None)
             prefixes.append(Path(recording))
         if recordings_dir is not None:
             prefixes.append(recording_prefix(recordings_dir, call_id))
+            prefixes.extend(recordings_of(recordings_dir, call_id))  # a row that lost its path
         for prefix in prefixes:
             for file in recording_files(prefix):
                 with suppress(FileNotFoundError):

@@ -13,6 +13,11 @@ Files, for ``path_prefix = /var/rec/call-42``:
 * ``call-42-agent.wav``: what we sent the caller (mono);
 * ``call-42-both.wav`` (``stereo=True``): caller on the left channel, agent on the right.
 
+``mono=False`` leaves out the two mono files (``stereo=True`` then required), and ``both_path``
+names the stereo file anywhere: the server records each call as that one stereo file, named by
+:mod:`sipagent.product.recordings` (decision 0031). Every file is created 0600 (the audio of a call is
+personal data), whatever the umask.
+
 **Alignment.** The legs are aligned by tick: the *k*-th frame written to each leg belongs to the
 same 20 ms. The caller passes a silence frame for a leg that had nothing on a tick, so both files
 stay the same length and sample *i* of one is simultaneous with sample *i* of the other. If one
@@ -56,8 +61,12 @@ class _WavFile:
 
     def __init__(self, path: Path, channels: int) -> None:
         self.path = path
-        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
+        # 0600 from the first byte (never readable by others for an instant), and set again for a
+        # file that existed (os.open keeps an existing file's mode).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
         try:
+            os.fchmod(fd, 0o600)
             self._wav = wave.open(self._file, "wb")  # noqa: SIM115 - closed in close()
             self._wav.setnchannels(channels)
             self._wav.setsampwidth(2)
@@ -94,6 +103,8 @@ class CallRecorder:
         path_prefix: Path,
         *,
         stereo: bool = False,
+        mono: bool = True,
+        both_path: Path | None = None,
         sync_seconds: float = 1.0,
         max_skew_frames: int = 50,
         fsync: bool = False,
@@ -102,28 +113,35 @@ class CallRecorder:
             raise ValueError(f"sync_seconds must be positive, got {sync_seconds}")
         if max_skew_frames < 1:
             raise ValueError(f"max_skew_frames must be at least 1, got {max_skew_frames}")
+        if not (mono or stereo):
+            raise ValueError("a recorder writes the mono legs, the stereo file or both")
         path_prefix = Path(path_prefix)
         path_prefix.parent.mkdir(parents=True, exist_ok=True)
-        self.caller_path = path_prefix.with_name(path_prefix.name + "-caller.wav")
-        self.agent_path = path_prefix.with_name(path_prefix.name + "-agent.wav")
-        self.both_path: Path | None = (
-            path_prefix.with_name(path_prefix.name + "-both.wav") if stereo else None
-        )
+        #: The mono legs' files (None with ``mono=False``).
+        self.caller_path: Path | None = None
+        self.agent_path: Path | None = None
+        if mono:
+            self.caller_path = path_prefix.with_name(path_prefix.name + "-caller.wav")
+            self.agent_path = path_prefix.with_name(path_prefix.name + "-agent.wav")
+        self.both_path: Path | None = None
+        if stereo:
+            self.both_path = both_path or path_prefix.with_name(path_prefix.name + "-both.wav")
         self._sync_every = max(1, round(sync_seconds * 1000 / PTIME_MS))
         self._max_skew = max_skew_frames
         self._fsync = fsync
         self._files: list[_WavFile] = []
         try:
-            self._files.append(_WavFile(self.caller_path, 1))
-            self._files.append(_WavFile(self.agent_path, 1))
+            if self.caller_path is not None and self.agent_path is not None:
+                self._files.append(_WavFile(self.caller_path, 1))
+                self._files.append(_WavFile(self.agent_path, 1))
             if self.both_path is not None:
                 self._files.append(_WavFile(self.both_path, 2))
         except BaseException:
             for opened in self._files:
                 opened.close()
             raise
-        self._mono = (self._files[0], self._files[1])
-        self._both = self._files[2] if stereo else None
+        self._mono = (self._files[0], self._files[1]) if mono else None
+        self._both = self._files[-1] if stereo else None
         # Frames written to each leg, late frames still to drop per leg, and (stereo only)
         # each leg's frames waiting for their partner from the other leg.
         self._written = [0, 0]
@@ -202,7 +220,8 @@ class CallRecorder:
             self.sync()
 
     def _append(self, leg: int, data: bytes) -> None:
-        self._mono[leg].write(data)
+        if self._mono is not None:
+            self._mono[leg].write(data)
         self._written[leg] += 1
         if self._both is None:
             return
