@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from .cli_check import check_command
 from .cli_control import COMMANDS
 from .cli_reports import COMMANDS as REPORT_COMMANDS
 from .config import ConfigError, Settings, load_settings
@@ -303,3 +304,6 @@ async def _replay_pipeline(
 # and the reports read from the call store (sipagent/cli_reports.py).
 for _command in (*COMMANDS, *REPORT_COMMANDS):
     main.add_command(_command)
+
+# `check` takes serve's options, so the line that would start the server checks what it would run.
+main.add_command(check_command(serve, _overrides))
