@@ -114,7 +114,7 @@ def test_writes_are_visible_after_flush(tmp_path: Path) -> None:
         store.amd("c1", "human", after_ms=1800.0)
         store.turn("c1", _record(1, latency=400.0), said="agent 1, in full")
         interrupted = _record(2, latency=600.0, outcome=Outcome.INTERRUPTED, caller_onset_at=12.0,
-                              stop_decided_at=12.25, reply="agent")  # fmt: skip
+                              stop_decided_at=12.25, reply="agent", said="agent two, cut")  # fmt: skip
         store.turn("c1", interrupted, at=110.0)
         store.turn("c1", _record(3, latency=None, scripted=True, transcript="ignored"))
         store.tool_call(
@@ -148,10 +148,11 @@ def test_writes_are_visible_after_flush(tmp_path: Path) -> None:
             "caller 1", "agent 1, in full", "agent 1", False, 400.0,
         )  # fmt: skip
         assert (one.at, one.stt_ms, one.outcome) == (1000.0, 120.0, "answered")
-        assert (two.interrupted, two.outcome, two.agent_heard, two.at) == (
+        assert (two.interrupted, two.outcome, two.agent_heard, two.agent_said, two.at) == (
             True,
             "interrupted",
             "agent",
+            "agent two, cut",  # the record's own whole reply when the service passes none
             110.0,
         )
         assert (three.caller, three.scripted, three.latency_ms) == ("", True, None)

@@ -152,8 +152,9 @@ class CallStore:
         self, call_id: str, record: TurnRecord, *, said: str | None = None, at: float | None = None
     ) -> None:
         """A finished turn: ``record`` is copied now (it may change after); ``said`` is the agent's
-        whole reply when the service has it (``record.reply`` is what the caller heard)."""
+        whole reply (default ``record.said``; ``record.reply`` is what the caller heard)."""
         when = self._at(at)
+        said = said if said is not None else (record.said or None)
         interrupted = record.outcome is Outcome.INTERRUPTED
         turn_row = (
             call_id, record.turn, when, "" if record.scripted else record.transcript, said, record.reply,

@@ -461,6 +461,7 @@ class Conversation(Acting):
         record = reply.record
         record.turn = len(self.records) + 1
         record.reply = reply.playback.heard_text()
+        record.said = reply.playback.full_text()
         record.outcome = _OUTCOMES.get(reply.state, Outcome.INTERRUPTED)
         if not reply.filler:
             self.tools.enter_history(reply, self.history, record.reply)

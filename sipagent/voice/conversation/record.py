@@ -31,6 +31,8 @@ class TurnRecord:
     transcript: str = ""
     #: What the caller heard of the reply (whole chunks, and the share of words of a cut one).
     reply: str = ""
+    #: The whole reply as the agent made it (every chunk handed to TTS): ``reply`` is its heard part.
+    said: str = ""
     outcome: Outcome = Outcome.ANSWERED
     #: The reply started at the pause, before the end of the turn.
     speculative: bool = False
