@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .logs import in_call, outside_calls
 from .net.conversation import ConversationRunner, new_conversation_key
 from .net.media import MediaTransport
 from .net.media_clock import MediaClock
@@ -105,8 +106,13 @@ class Call:
                 media_timeout=self.options.media_timeout,
             ),
         )
-        self.transport = MediaTransport(session, self._on_tick, self._on_media_event, self.clock)
-        return await self.transport.bind(self.options.bind, self.options.port_min, self.options.port_max)
+        # The shared media clock runs every call's ticks, in whatever context armed its slot: the
+        # callbacks say whose they are, and what the transport arms (clock slots, the RTCP socket's
+        # reader) is no call's (the log lines' call_id, sipagent/logs.py).
+        on_tick, on_event = in_call(self, self._on_tick), in_call(self, self._on_media_event)
+        self.transport = MediaTransport(session, on_tick, on_event, self.clock)
+        with outside_calls():
+            return await self.transport.bind(self.options.bind, self.options.port_min, self.options.port_max)
 
     def start_recording(self, path: Path) -> Path | None:
         """From the next tick on, record the call to ``path``: one stereo WAV, the caller's frame on
@@ -139,11 +145,12 @@ class Call:
         if self.transport is None or self.transport.closed:
             return
         self.session.configure(media)
-        if not self.started:
-            self.started = True
-            self.transport.start()
-        else:
-            self.transport.pump()
+        with outside_calls():  # the clock slots it arms are shared by every call
+            if not self.started:
+                self.started = True
+                self.transport.start()
+            else:
+                self.transport.pump()
 
     def start_amd(self, policy: AmdPolicy, on_event: Callable[[AmdEvent], None]) -> None:
         """From now (the 200 OK) the callee's frames go to answering-machine detection, the agent

@@ -29,10 +29,12 @@ def _settings(config: Path | None, overrides: dict[str, Any]) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+def _setup_logging(level: str, settings: Settings | None = None) -> None:
+    """stderr at ``level``, masked (numbers, credentials, secrets); ``settings`` add the format
+    (``log_format``) and the secret values to keep out (decision 0030)."""
+    from .logs import LogSetup, install_logging, log_setup
+
+    install_logging(log_setup(settings) if settings is not None else LogSetup(level))
 
 
 _common = [
@@ -57,6 +59,11 @@ _common = [
         type=click.Choice(["debug", "info", "warning", "error"]),
         help="Logging level (default info).",
     ),
+    click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        help="Log lines as text (default) or JSON Lines with each line's call.",
+    ),
 ]
 
 
@@ -79,6 +86,7 @@ def _overrides(options: dict[str, Any]) -> dict[str, Any]:
         "rtp.port_min": options.get("rtp_port_min"),
         "rtp.port_max": options.get("rtp_port_max"),
         "log_level": options.get("log_level"),
+        "log_format": options.get("log_format"),
         "mode": options.get("mode"),
         "answer_delay": options.get("answer_delay"),
         "api.port": options.get("api_port"),
@@ -107,7 +115,7 @@ def main() -> None:
 def serve(config: Path | None, **options: Any) -> None:
     """Answer calls until interrupted (SIGINT/SIGTERM hang up every call cleanly)."""
     settings = _settings(config, _overrides(options))
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings)
     asyncio.run(_serve(settings))
 
 

@@ -452,6 +452,8 @@ class Settings(_Section):
     webhooks: WebhookSettings | None = None
     store: StoreSettings = Field(default_factory=StoreSettings)  # type: ignore[arg-type]
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``text`` (a line for people) or ``json`` (JSON Lines with each line's call; decision 0030).
+    log_format: Literal["text", "json"] = "text"
 
     _routes = field_validator("routes")(check_routes)
     _tools = field_validator("tools")(check_tools)

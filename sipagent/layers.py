@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .config import Settings
+from .logs import log_setup
 from .model_paths import resolve_model_path
 from .voice.chunker import ChunkerConfig
 from .voice.conversation import ConversationConfig
@@ -126,6 +127,7 @@ def inference_config(settings: Settings) -> InferenceConfig:
         cpus=tuple(agent.inference_cpus) if agent.inference_cpus is not None else None,
         turn_model=agent.turn_model == "smart-turn",
         log_level=settings.log_level.upper(),
+        logs=log_setup(settings),
         voices=route_voices(settings),
     )
 

@@ -27,6 +27,7 @@ from .layers import (
     vad_factory,
     warn_if_text_leaves,
 )
+from .logs import call_scope
 from .media_gauges import SAMPLE_INTERVAL, MediaSampler
 from .net.media_clock import MediaClock
 from .net.media_sockets import PortRangeExhausted
@@ -357,6 +358,12 @@ class Server:
 
     # -- events ----------------------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
+        # What a call's event does, and the tasks and timers it starts (_answer, the service's
+        # timers), is that call's work: its log lines carry the Call-ID (sipagent/logs.py).
+        with call_scope(getattr(event, "call_id", None)):
+            self._handle_event(event)
+
+    def _handle_event(self, event: Event) -> None:
         assert self.endpoint is not None and self.network is not None
         if isinstance(event, IncomingCall):
             self._on_incoming(event)

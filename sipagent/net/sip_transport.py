@@ -21,6 +21,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from ..logs import outside_calls_context
 from ..sip.address import Address, Outgoing, Transport
 from ..sip.endpoint import SipEndpoint
 from ..sip.errors import RemoteProtocolError
@@ -277,7 +278,9 @@ class SipNetwork:
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+            # Every call's transactions share this timer: it must not run as the work of whichever
+            # call's event re-armed it (the log lines' call_id, sipagent/logs.py).
+            self._timer = self.loop.call_at(deadline, self._on_timer, context=outside_calls_context())
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -344,5 +347,6 @@ class SipNetwork:
                 return
             await connection.run(reader, writer)
 
-        connection.task = self.loop.create_task(open_and_run())
+        # The connection carries every call's messages, not the one whose request opened it.
+        connection.task = self.loop.create_task(open_and_run(), context=outside_calls_context())
         return connection

@@ -28,6 +28,7 @@ from ..tts import PiperSynthesizer, Synthesizer
 
 if TYPE_CHECKING:
     from ...config import LlmSettings, SttSettings, TtsSettings
+    from ...logs import LogSetup
 
 log = logging.getLogger("sipagent.voice")
 
@@ -59,6 +60,9 @@ class InferenceConfig:
     #: Load Smart Turn, the end-of-turn model (``PredictTurnEnd`` jobs).
     turn_model: bool = False
     log_level: str = "INFO"
+    #: How the inference process logs: the server's format, masking and secrets (None: text at
+    #: ``log_level``, masked).
+    logs: LogSetup | None = None
 
 
 @dataclass

@@ -38,6 +38,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from ...logs import LogSetup, install_logging
 from ..jobs import Job, JobResult
 from .loading import InferenceConfig, ModelLoadError, load_models, set_process_nice
 from .service import InferenceService
@@ -230,9 +231,9 @@ def _worker_main(conn: Connection, config: InferenceConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     _leave_the_media_class(config.cpus)
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s[inference]: %(message)s"
-    )
+    # The server's own setup (format, masking, secrets), its lines tagged [inference]: they share
+    # the server's stderr.
+    install_logging(config.logs or LogSetup(config.log_level), process="inference")
     try:
         models = load_models(config)
     except ModelLoadError as exc:

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ...logs import call_scope, current_call
 from ..jobs import Job, JobFailed, JobResult, TextPiece, ToolCallRequested
 
 Deliver = Callable[[JobResult], None]
@@ -45,7 +46,9 @@ class InferenceService:
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[int, Deliver]] = {}
+        #: job id → (the asker's own job number, its delivery, the call it asked for: results are
+        #: delivered as that call's work, so what they log carries its Call-ID; sipagent/logs.py).
+        self._pending: dict[int, tuple[int, Deliver, str | None]] = {}
         #: Seconds from a result existing to its hand-over, most recent last.
         self.delivery: deque[float] = deque(maxlen=_DELIVERY_WINDOW)
 
@@ -53,7 +56,7 @@ class InferenceService:
         """Run ``job``; each of its results is passed to ``deliver`` on the loop, numbered as ``job``
         is. A job that cannot be started fails (``JobFailed``), also through ``deliver``."""
         job_id = next(self._ids)
-        self._pending[job_id] = (job.job, deliver)
+        self._pending[job_id] = (job.job, deliver, current_call())
         try:
             self._send_job(dataclasses.replace(job, job=job_id))
         except OSError as exc:
@@ -112,20 +115,26 @@ class InferenceService:
             return  # cancelled, or the asker gave up: a late answer
         if not isinstance(result, _PARTIAL):
             del self._pending[result.job]
-        job, deliver = entry
+        job, deliver, call = entry
         self.delivery.append(time.monotonic() - made_at)
-        deliver(dataclasses.replace(result, job=job))
+        with call_scope(call):
+            deliver(dataclasses.replace(result, job=job))
 
     def _fail(self, job_id: int, reason: str) -> None:
         """Fail one job, delivered on the loop's next turn (never from inside ``submit``)."""
         entry = self._pending.pop(job_id, None)
         if entry is not None:
-            job, deliver = entry
-            self._loop.call_soon(deliver, JobFailed(job, reason))
+            job, deliver, call = entry
+            self._loop.call_soon(_deliver_in_call, call, deliver, JobFailed(job, reason))
 
     def _fail_all(self, reason: str) -> None:
         for job_id in list(self._pending):
             self._fail(job_id, reason)
+
+
+def _deliver_in_call(call: str | None, deliver: Deliver, result: JobResult) -> None:
+    with call_scope(call):
+        deliver(result)
 
 
 __all__ = ["Deliver", "InferenceService", "Ticket"]
