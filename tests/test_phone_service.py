@@ -359,7 +359,7 @@ async def test_the_agents_tool_calls_and_keys_are_carried_out_for_its_route() ->
     service = _service(telephony)
     runner = FakeRunner()
     service.webhooks = runner  # type: ignore[assignment]
-    service._tools = {"default": RouteTools(transfer_targets={"sales": "+15550001234"})}
+    service.planner.tools = {"default": RouteTools(transfer_targets={"sales": "+15550001234"})}
     service.admit_incoming("c1", caller="+15550001111", dialled=None, source_host="h")
     telephony.calls["c1"] = call = FakeCall()
     service.answered("c1")
