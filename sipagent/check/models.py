@@ -17,7 +17,6 @@ loaded: a corrupted weight file can crash a native loader. ``--quick`` skips loa
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -26,10 +25,9 @@ from pathlib import Path
 
 from ..config import Settings
 from ..model_paths import MODELS_DIR, ROOT, resolve_model_path
-from ..voice.models import DERIVED, MANIFEST
+from ..voice.models import DERIVED, MANIFEST, sha256_file
 from .result import CheckResult, fail, first_line, ok, skip
 
-_CHUNK = 1 << 20
 _FETCH = "`make install` (scripts/fetch_models.py)"
 #: What each kind of model is, in the fixes.
 _KINDS = {
@@ -79,15 +77,6 @@ class ModelSpec:
     #: "whisper" (a folder), "gguf", "piper" (.onnx with .onnx.json beside it) or "onnx".
     kind: str
     load: Callable[[], object]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def shown(path: Path) -> str:

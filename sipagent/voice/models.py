@@ -13,6 +13,7 @@ loading numpy or any model runtime.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,15 @@ DERIVED: tuple[DerivedModel, ...] = (
 )
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (the models are up to 100 MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def missing_default_models(models_dir: Path = MODELS_DIR) -> list[Path]:
     """Files of the embedded defaults that are not installed (existence and size only: cheap enough
     for a test fixture; ``scripts/fetch_models.py`` checks the hashes)."""
@@ -222,4 +232,5 @@ __all__ = [
     "missing_default_models",
     "missing_models_message",
     "resolve_model_path",
+    "sha256_file",
 ]
