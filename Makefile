@@ -9,7 +9,9 @@ ARGS   ?=
 
 .PHONY: run test install models peers lint typecheck unit clean
 
+# The pointer to `demo` comes first: a newcomer sees the agent at work without a phone to call it from.
 run: install
+	@echo "See it work: $(BIN)/sipagent demo  (a call to its own agent on loopback, printed live; no server needed)"
 	$(BIN)/sipagent serve $(ARGS)
 
 test: install peers

@@ -17,6 +17,7 @@ from .cli_check import check_command
 from .cli_control import COMMANDS
 from .cli_reports import COMMANDS as REPORT_COMMANDS
 from .config import ConfigError, Settings, load_settings
+from .demo import demo as demo_command
 from .replay.capture import CallerLeg
 from .replay.impair import Impairments
 from .replay.runner import ReplayEvent
@@ -312,6 +313,9 @@ async def _replay_pipeline(
 # and the reports read from the call store (sipagent/cli_reports.py).
 for _command in (*COMMANDS, *REPORT_COMMANDS):
     main.add_command(_command)
+
+# `demo`: a loopback call to an in-process server, nothing configured (sipagent/demo.py).
+main.add_command(demo_command)
 
 # `check` takes serve's options, so the line that would start the server checks what it would run.
 main.add_command(check_command(serve, _overrides))
