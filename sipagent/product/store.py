@@ -466,4 +466,3 @@ def _purge(conn: sqlite3.Connection, cutoff: float, recordings_dir: Path | None)
 
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
-
