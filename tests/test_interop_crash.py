@@ -9,11 +9,14 @@ said, pass ``PRAGMA integrity_check``, and open in the call store again (which r
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import signal
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -65,6 +68,14 @@ def _stored_turns(db: Path) -> list[int]:
         return []  # not created yet, or busy for a moment: ask again
 
 
+def _logged_turn(log: str, turn: int) -> dict[str, Any]:
+    """The turn record the server logged (``call … turn N: {...}``, the record as a dict)."""
+    match = re.search(rf" turn {turn}: (\{{'turn': {turn}, .*\}})$", log, re.MULTILINE)
+    assert match is not None, f"turn {turn} not logged:\n{log[-4000:]}"
+    logged: dict[str, Any] = ast.literal_eval(match.group(1))
+    return logged
+
+
 def test_kill_9_during_the_third_turn_keeps_turns_one_and_two(tmp_path: Path) -> None:
     require_models(
         resolve_model_path(DEFAULT_STT_MODEL) / "model.bin",
@@ -95,6 +106,7 @@ def test_kill_9_during_the_third_turn_keeps_turns_one_and_two(tmp_path: Path) ->
             os.kill(server.process.pid, signal.SIGKILL)
             server.process.wait(timeout=10)
             killed_with = server.process.returncode
+            log = server.log()
         finally:
             sipp.stop()
     assert killed_with == -signal.SIGKILL
@@ -106,8 +118,12 @@ def test_kill_9_during_the_third_turn_keeps_turns_one_and_two(tmp_path: Path) ->
         (ended_at,) = conn.execute("SELECT ended_at FROM calls").fetchone()
     turns = [turn for turn, _, _ in rows]
     assert turns[:2] == [1, 2] and 3 not in turns, rows  # the third was cut short by the kill
-    assert "clubs" in rows[0][1].lower() and "young man" in rows[1][1].lower(), rows
-    assert all(heard.strip() for _, _, heard in rows[:2]), rows  # the caller heard a reply to each
+    # Exactly what the server reported of each finished turn before it died (its log line per turn;
+    # the words themselves are Whisper's business, which a loaded box can make a mess of).
+    for turn, caller, heard in rows[:2]:
+        logged = _logged_turn(log, turn)
+        assert (caller, heard) == (logged["transcript"], logged["reply"]), (rows, logged)
+        assert caller.strip() and heard.strip(), rows  # the caller spoke and heard a reply
     assert ended_at is None  # nobody lived to write the end
     with CallStore(db) as store:  # and the store opens it again as ever
         (call,) = store.calls()
