@@ -100,12 +100,14 @@ def test_a_baresip_call_in_the_reports_matches_the_events_streamed(tmp_path: Pat
     # show: the turns, what was said and each latency.
     shown = _sipagent("show", call_id, "--store", str(db))
     assert shown.returncode == 0, shown.stderr
-    assert "young man" in shown.stdout.lower() and "clubs" in shown.stdout.lower(), shown.stdout
     detail: dict[str, Any] = json.loads(_sipagent("show", call_id, "--store", str(db), "--json").stdout)
     turns = detail["turns"]
     latencies = [turn["latency_ms"] for turn in turns if turn["latency_ms"] is not None]
     assert len(latencies) >= 2, turns
     assert all(f"{round(ms)}" in shown.stdout for ms in latencies), shown.stdout
+    for turn in turns:  # each turn's words, as stored, are in the transcript shown
+        assert turn["caller"][:30] in shown.stdout and turn["agent_heard"][:30] in shown.stdout, shown.stdout
+    assert any("young man" in t["caller"].lower() or "clubs" in t["caller"].lower() for t in turns), turns
 
     # latency --plot: the percentiles and a PNG with the histogram.
     png = tmp_path / "latency.png"
