@@ -440,7 +440,9 @@ route[REGISTRAR] {{
     }}
     $var(au) = $au;
     consume_credentials();
-    if (!save("location")) {{
+    # 0x02: save without replying, so the record is logged before the 200 leaves. With two
+    # workers, a reply sent first let the client's next REGISTER be logged ahead of this one.
+    if (!save("location", "0x02")) {{
         {_reg_log("save-failed", au="$var(au)", rc="1")}
         sl_reply_error();
         exit;
@@ -451,6 +453,7 @@ route[REGISTRAR] {{
         $var(granted) = $ulc(aor=>expires) - $Ts;
     }}
     {_reg_log("ok", au="$var(au)", rc="1", extra="|granted=$var(granted)")}
+    reg_send_reply();
 }}
 """
     else:
