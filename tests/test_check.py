@@ -408,6 +408,21 @@ def test_a_configuration_error_does_not_print_the_number(tmp_path: Path) -> None
     assert "7654321" not in run.output
 
 
+def test_recordings_need_a_folder_that_takes_files(tmp_path: Path) -> None:
+    run = _echo(tmp_path)
+    assert run.status("recordings") == "skip"  # nothing is recorded by default
+    recordings = tmp_path / "rec" / "calls"
+    route = '[[routes]]\nnumber = "+15550001111"\nrecord = true\n'
+    run = _echo(tmp_path, config=f'[recording]\ndirectory = "{recordings}"\n{route}')
+    assert run.status("recordings") == "ok", run.checks["recordings"]
+    assert "(serve makes it, 0700)" in run.checks["recordings"]["detail"]
+    assert "hours of calls" in run.checks["recordings"]["detail"]
+    assert not (tmp_path / "rec").exists()  # checked, not made
+    (tmp_path / "rec").write_text("")
+    run = _echo(tmp_path, config=f'[recording]\nenabled = true\ndirectory = "{recordings}"\n')
+    _assert_red(run, "recordings", detail="is a file, not a folder", fix="[recording] directory")
+
+
 def test_webhooks_need_their_secret(tmp_path: Path) -> None:
     config = '[webhooks]\nurl = "https://crm.example.test/hooks"\n'
     run = _echo(tmp_path, config=config)

@@ -6,11 +6,16 @@ check proves the same can happen without leaving anything behind: an existing fi
 writing (not created, not changed) and its SQLite header read (a file of another program, or of a
 newer schema, is refused as ``serve`` would refuse it); for a missing file, a scratch folder is made
 and removed in the nearest folder that exists, which is where ``serve`` would start creating.
+
+**Recordings.** When any call is recorded, ``[recording] directory`` is checked the same way (a
+folder this user can create files in, or one it can make), and its free space is given in hours of
+recording: a full disk would end recordings mid-call.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,6 +27,11 @@ from .result import CheckResult, fail, ok, skip, warn
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _USER_VERSION_AT = 60
 _STORE_KEYS = "[store] path (--store-path)"
+_RECORDING_KEY = "[recording] directory"
+#: A recording is 8 kHz, 16-bit, two channels: 32 000 bytes a second.
+_RECORDING_BYTES_PER_HOUR = 8000 * 2 * 2 * 3600
+#: Less room than this is worth a warning (a busy day of calls).
+_RECORDING_HOURS_WARN = 10
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -102,6 +112,36 @@ def check_store(settings: Settings) -> CheckResult:
     return ok(name, f"{shown}: will be created on start{made}")
 
 
+def check_recordings(settings: Settings) -> CheckResult:
+    """``recordings``: when any call is recorded, its folder can take new files, and has room."""
+    name = "recordings"
+    recording = settings.recording
+    if not recording.enabled and not any(route.record for route in settings.routes):
+        return skip(name, "no call is recorded ([recording] enabled and every route's record are off)")
+    directory = recording.directory
+    shown = str(directory)
+    base = _nearest_existing(directory)
+    if not base.is_dir():
+        return fail(
+            name,
+            f"{shown} cannot be used: {base} is a file, not a folder",
+            f"choose a folder for {_RECORDING_KEY}",
+        )
+    error = _can_create_in(base)
+    if error is not None:
+        return fail(
+            name,
+            f"{shown}: {base} refuses new files ({error.strerror}); recorded calls would go unrecorded",
+            f"give the server's user write access to {base}, or choose another {_RECORDING_KEY}",
+        )
+    hours = shutil.disk_usage(base).free / _RECORDING_BYTES_PER_HOUR
+    made = "" if base == directory else " (serve makes it, 0700)"
+    detail = f"{shown}{made}: room for {hours:,.0f} hours of calls"
+    if hours < _RECORDING_HOURS_WARN:
+        return warn(name, detail, f"free space on {base}, or choose another {_RECORDING_KEY}")
+    return ok(name, detail)
+
+
 def check_webhooks(settings: Settings, environ: dict[str, str] | None = None) -> CheckResult:
     """``webhooks``: a usable URL and the signing secret in its variable (``serve`` needs it)."""
     name = "webhooks"
@@ -156,4 +196,4 @@ def check_tool_headers(settings: Settings, environ: dict[str, str] | None = None
     )
 
 
-__all__ = ["check_store", "check_tool_headers", "check_webhooks"]
+__all__ = ["check_recordings", "check_store", "check_tool_headers", "check_webhooks"]

@@ -62,6 +62,7 @@ async def run_checks(
         report(skip("trunk.register", "not tried: add --register to send one REGISTER"))
     report(network.api_token(settings))
     report(product.check_store(settings))
+    report(product.check_recordings(settings))
     report(product.check_webhooks(settings))
     report(product.check_tool_headers(settings))
     return results

@@ -30,7 +30,7 @@ CREATE TABLE calls (
     outcome     TEXT,                    -- answered | busy | no-answer | rejected | failed
     amd_result  TEXT,                    -- human | machine | ... (None: no detection)
     amd_after_ms REAL,
-    recording   TEXT                     -- the recording's path prefix, if recorded
+    recording   TEXT                     -- the recording's WAV file, if recorded
 );
 CREATE TABLE turns (
     call_id     TEXT NOT NULL REFERENCES calls(id) ON DELETE CASCADE ON UPDATE CASCADE,
