@@ -50,6 +50,24 @@ def _can_create_in(directory: Path) -> OSError | None:
     return None
 
 
+def _cannot_create(name: str, shown: str, folder: Path, keys: str) -> tuple[Path, CheckResult | None]:
+    """The nearest existing folder of ``folder`` (where ``serve`` would start creating), and a red
+    result about ``shown`` when nothing can be made there: a file in the way, or no write access."""
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        return base, fail(
+            name, f"{shown} cannot be created: {base} is a file, not a folder", f"choose another {keys}"
+        )
+    error = _can_create_in(base)
+    if error is not None:
+        return base, fail(
+            name,
+            f"{shown} cannot be created: {base} refuses new files ({error.strerror})",
+            f"give the server's user write access to {base}, or choose another {keys}",
+        )
+    return base, None
+
+
 def check_store(settings: Settings) -> CheckResult:
     """``store``: the database can be opened (or created) for writing by this user."""
     from ..product.store_schema import SCHEMA_VERSION
@@ -94,20 +112,9 @@ def check_store(settings: Settings) -> CheckResult:
                 f"give the server's user write access to {path.parent}",
             )
         return ok(name, f"{shown}: writable (schema version {version})")
-    base = _nearest_existing(path.parent)
-    if not base.is_dir():
-        return fail(
-            name,
-            f"{shown} cannot be created: {base} is a file, not a folder",
-            f"choose a path under a folder: {_STORE_KEYS}",
-        )
-    error = _can_create_in(base)
-    if error is not None:
-        return fail(
-            name,
-            f"{shown} cannot be created: {base} refuses new files ({error.strerror})",
-            f"give the server's user write access to {base}, or choose {_STORE_KEYS}",
-        )
+    base, red = _cannot_create(name, shown, path.parent, _STORE_KEYS)
+    if red is not None:
+        return red
     made = "" if base == path.parent else f" (serve makes {path.parent}, 0700)"
     return ok(name, f"{shown}: will be created on start{made}")
 
@@ -120,20 +127,9 @@ def check_recordings(settings: Settings) -> CheckResult:
         return skip(name, "no call is recorded ([recording] enabled and every route's record are off)")
     directory = recording.directory
     shown = str(directory)
-    base = _nearest_existing(directory)
-    if not base.is_dir():
-        return fail(
-            name,
-            f"{shown} cannot be used: {base} is a file, not a folder",
-            f"choose a folder for {_RECORDING_KEY}",
-        )
-    error = _can_create_in(base)
-    if error is not None:
-        return fail(
-            name,
-            f"{shown}: {base} refuses new files ({error.strerror}); recorded calls would go unrecorded",
-            f"give the server's user write access to {base}, or choose another {_RECORDING_KEY}",
-        )
+    base, red = _cannot_create(name, shown, directory, _RECORDING_KEY)
+    if red is not None:
+        return red
     hours = shutil.disk_usage(base).free / _RECORDING_BYTES_PER_HOUR
     made = "" if base == directory else " (serve makes it, 0700)"
     detail = f"{shown}{made}: room for {hours:,.0f} hours of calls"
